@@ -1,0 +1,31 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+// Module split follows docs/ARCHITECTURE.md: C only in the thin shims, devices never see the
+// accelerator, the executable only parses, assembles and runs.
+let strict: [SwiftSetting] = [.swiftLanguageMode(.v6)]
+
+let package = Package(
+    name: "SwiftDM",
+    products: [
+        .executable(name: "swiftdm", targets: ["swiftdm"]),
+    ],
+    targets: [
+        .target(name: "CLinux", path: "Sources/CLinux"),
+        .target(name: "DMCore", dependencies: ["CLinux"], swiftSettings: strict),
+        .target(name: "Backends", dependencies: ["DMCore", "CLinux"], swiftSettings: strict),
+        .target(name: "Devices", dependencies: ["DMCore", "Backends"], swiftSettings: strict),
+        .target(name: "KVMAccel", dependencies: ["DMCore", "CLinux"], swiftSettings: strict),
+        .target(name: "Config", dependencies: [], swiftSettings: strict),
+        .target(name: "Machine",
+                dependencies: ["DMCore", "Devices", "Backends", "KVMAccel", "Config"],
+                swiftSettings: strict),
+        .executableTarget(name: "swiftdm", dependencies: ["Machine", "Config", "DMCore"],
+                          swiftSettings: strict),
+        .testTarget(name: "DMCoreTests", dependencies: ["DMCore"], swiftSettings: strict),
+        .testTarget(name: "DevicesTests", dependencies: ["Devices", "DMCore", "Backends"],
+                    swiftSettings: strict),
+        .testTarget(name: "ConfigTests", dependencies: ["Config", "Machine"], swiftSettings: strict),
+        .testTarget(name: "IntegrationTests", dependencies: [], swiftSettings: strict),
+    ]
+)
