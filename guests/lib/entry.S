@@ -47,6 +47,7 @@ start32:
         movl    $__image_start, %edi
         movl    $(0x10000 / 4), %ecx
         rep movsl
+        lgdtl   gdt_desc_ram            /* use the RAM copy of the GDT from now on */
         /* zero .bss */
         movl    $__bss_start, %edi
         movl    $__bss_end, %ecx
@@ -61,8 +62,9 @@ start32:
         .p2align 3
 gdt:
         .quad   0x0000000000000000      /* null */
-        .quad   0x00CF9A000000FFFF      /* 0x08: code, flat 4 GiB, 32-bit */
-        .quad   0x00CF92000000FFFF      /* 0x10: data, flat 4 GiB */
+        /* accessed bits pre-set: the CPU must not write to the GDT in ROM */
+        .quad   0x00CF9B000000FFFF      /* 0x08: code, flat 4 GiB, 32-bit */
+        .quad   0x00CF93000000FFFF      /* 0x10: data, flat 4 GiB */
 gdt_end:
 gdt_desc:
         .word   gdt_end - gdt - 1
