@@ -99,6 +99,16 @@ void lapic_enable(u8 spurious_vector)
     lapic_write(0xF0, 0x100 | spurious_vector);         /* SVR: software enable */
 }
 
+void lapic_virtual_wire(void)
+{
+    /* what a BIOS does: the PIC reaches the CPU through LINT0 as ExtINT.
+     * At reset LVT0 is masked, and KVM (like hardware) then drops PIC
+     * interrupts; LVT writes only stick once the APIC is software-enabled. */
+    lapic_enable(0xFF);
+    lapic_write(0x350, 0x700);          /* LVT LINT0: ExtINT, unmasked */
+    lapic_write(0x360, 0x400);          /* LVT LINT1: NMI */
+}
+
 u32 ioapic_read(u32 reg)
 {
     mmio_write32(IOAPIC_BASE, reg);

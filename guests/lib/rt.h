@@ -156,6 +156,7 @@ u32 lapic_read(u32 reg);
 void lapic_write(u32 reg, u32 v);
 void lapic_enable(u8 spurious_vector);
 void lapic_eoi(void);
+void lapic_virtual_wire(void);     /* SVR on, LINT0 = ExtINT, LINT1 = NMI */
 u32 lapic_id(void);
 u32 ioapic_read(u32 reg);
 void ioapic_write(u32 reg, u32 v);
