@@ -13,7 +13,7 @@ let package = Package(
     targets: [
         .target(name: "CLinux", path: "Sources/CLinux"),
         .target(name: "DMCore", dependencies: ["CLinux"], swiftSettings: strict),
-        .target(name: "Backends", dependencies: ["DMCore", "CLinux"], swiftSettings: strict),
+        .target(name: "Backends", dependencies: ["DMCore", "CLinux", "Config"], swiftSettings: strict),
         .target(name: "Devices", dependencies: ["DMCore", "Backends"], swiftSettings: strict),
         .target(name: "KVMAccel", dependencies: ["DMCore", "CLinux"], swiftSettings: strict),
         .target(name: "Config", dependencies: [], swiftSettings: strict),

@@ -164,3 +164,9 @@ public enum DeviceStateStream {
         }
     }
 }
+
+/// A device that returns to its power-on state on a system reset (`system_reset`, a triple
+/// fault, the guest writing the reset register).
+public protocol Resettable: AnyObject {
+    func reset()
+}

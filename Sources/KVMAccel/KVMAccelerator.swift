@@ -1,0 +1,146 @@
+import CLinux
+import DMCore
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Runs a guest on Linux KVM: one VM, the in-kernel irqchip (PIC, IOAPIC, LAPIC) and PIT,
+/// memory slots mirroring the machine's memory map, and one thread per vCPU that turns port
+/// and MMIO exits into `IODispatcher` calls.
+public final class KVMAccelerator: Accelerator, InterruptSink, @unchecked Sendable {
+    /// Where KVM keeps the real-mode TSS and identity page table on Intel; the machine marks
+    /// this range reserved in the e820 map (QEMU uses the same place).
+    public static let identityMapBase: UInt64 = 0xFEFF_C000
+    public static let identityMapSize: UInt64 = 0x4000
+
+    private let system: KVMSystem
+    let vmFD: Int32
+    private var vcpus: [KVMVCPU] = []
+    private let gate: RunGate
+    private let slots = Mutex<[SlotEntry]>([])
+    public var interrupts: any InterruptSink { self }
+
+    struct SlotEntry: Equatable {
+        var slot: UInt32
+        var guestAddress: UInt64
+        var size: UInt64
+        var host: UInt64
+        var readOnly: Bool
+    }
+
+    public init(cpuCount: Int, dispatcher: IODispatcher, events: any AcceleratorEvents) throws(KVMError) {
+        system = try KVMSystem()
+        for (cap, name) in [(KVM_CAP_IRQCHIP, "irqchip"), (KVM_CAP_USER_MEMORY, "user memory"),
+                            (KVM_CAP_SET_TSS_ADDR, "TSS address"), (KVM_CAP_PIT2, "PIT2"),
+                            (KVM_CAP_READONLY_MEM, "read-only memory"), (KVM_CAP_IMMEDIATE_EXIT, "immediate exit")] {
+            guard system.hasExtension(cap) else { throw KVMError(message: "KVM: the host lacks \(name) support") }
+        }
+        vmFD = sdm_ioctl_int(system.fd, sdm_KVM_CREATE_VM(), 0)
+        guard vmFD >= 0 else { throw KVMError("KVM_CREATE_VM") }
+        gate = RunGate(paused: true)
+        guard sdm_ioctl_int(vmFD, sdm_KVM_SET_TSS_ADDR(), UInt(Self.identityMapBase + 0x1000)) == 0 else {
+            throw KVMError("KVM_SET_TSS_ADDR")
+        }
+        var identity = Self.identityMapBase
+        guard kvmIoctl(vmFD, sdm_KVM_SET_IDENTITY_MAP_ADDR(), &identity) == 0 else { throw KVMError("KVM_SET_IDENTITY_MAP_ADDR") }
+        guard sdm_ioctl_int(vmFD, sdm_KVM_CREATE_IRQCHIP(), 0) == 0 else { throw KVMError("KVM_CREATE_IRQCHIP") }
+        var pit = kvm_pit_config()
+        pit.flags = UInt32(KVM_PIT_SPEAKER_DUMMY)
+        guard kvmIoctl(vmFD, sdm_KVM_CREATE_PIT2(), &pit) == 0 else { throw KVMError("KVM_CREATE_PIT2") }
+
+        let cpuid = try system.supportedCPUID()
+        let mmapSize = try system.vcpuMmapSize()
+        for id in 0..<cpuCount {
+            vcpus.append(try KVMVCPU(id: id, cpuCount: cpuCount, vmFD: vmFD, mmapSize: mmapSize, cpuid: cpuid,
+                                     dispatcher: dispatcher, events: events, gate: gate))
+        }
+    }
+
+    deinit {
+        stop()
+        close(vmFD)
+    }
+
+    // MARK: memory
+
+    /// Makes KVM's memory slots match `regions`: unchanged regions keep their slots, changed
+    /// ones are deleted and re-created. Read-only regions (ROM, PAM read-only) exit on writes.
+    public func setMemoryRegions(_ regions: [PhysicalMemory.Region]) throws(KVMError) {
+        let wanted = regions.map { r in
+            SlotEntry(slot: 0, guestAddress: r.guestAddress, size: r.size,
+                      host: UInt64(UInt(bitPattern: r.backing.baseAddress)) + UInt64(r.backingOffset),
+                      readOnly: !r.writable)
+        }
+        let failure: KVMError? = slots.withLock { current in
+            func same(_ a: SlotEntry, _ b: SlotEntry) -> Bool {
+                a.guestAddress == b.guestAddress && a.size == b.size && a.host == b.host && a.readOnly == b.readOnly
+            }
+            for old in current where !wanted.contains(where: { same($0, old) }) {
+                var region = kvm_userspace_memory_region(slot: old.slot, flags: 0, guest_phys_addr: old.guestAddress,
+                                                         memory_size: 0, userspace_addr: old.host)
+                guard kvmIoctl(vmFD, sdm_KVM_SET_USER_MEMORY_REGION(), &region) == 0 else {
+                    return KVMError("delete memory slot at \(hex(old.guestAddress))")
+                }
+            }
+            current.removeAll { old in !wanted.contains(where: { same($0, old) }) }
+            for var new in wanted where !current.contains(where: { same($0, new) }) {
+                let used = Set(current.map(\.slot))
+                new.slot = (0...UInt32.max).first { !used.contains($0) }!
+                var region = kvm_userspace_memory_region(slot: new.slot, flags: new.readOnly ? UInt32(KVM_MEM_READONLY) : 0,
+                                                         guest_phys_addr: new.guestAddress, memory_size: new.size,
+                                                         userspace_addr: new.host)
+                guard kvmIoctl(vmFD, sdm_KVM_SET_USER_MEMORY_REGION(), &region) == 0 else {
+                    return KVMError("memory slot at \(hex(new.guestAddress))+\(hex(new.size))")
+                }
+                current.append(new)
+            }
+            return nil
+        }
+        if let failure { throw failure }
+    }
+
+    // MARK: interrupts
+
+    public func setGSI(_ gsi: UInt32, level: Bool) {
+        var irq = kvm_irq_level()
+        irq.irq = gsi
+        irq.level = level ? 1 : 0
+        if kvmIoctl(vmFD, sdm_KVM_IRQ_LINE(), &irq) != 0 {
+            GuestErrorLog.shared.report("kvm", "KVM_IRQ_LINE \(gsi): \(String(cString: strerror(errno)))")
+        }
+    }
+
+    public func signalMSI(_ message: MSIMessage) {
+        var msi = kvm_msi()
+        msi.address_lo = UInt32(truncatingIfNeeded: message.address)
+        msi.address_hi = UInt32(truncatingIfNeeded: message.address >> 32)
+        msi.data = message.data
+        if kvmIoctl(vmFD, sdm_KVM_SIGNAL_MSI(), &msi) < 0 {
+            GuestErrorLog.shared.report("kvm", "KVM_SIGNAL_MSI: \(String(cString: strerror(errno)))")
+        }
+    }
+
+    // MARK: running
+
+    public func start(paused: Bool) throws {
+        _ = sdm_install_noop_handler(KVMVCPU.kickSignal)
+        for vcpu in vcpus { try vcpu.startThread() }
+        if !paused { gate.resume() }
+    }
+
+    public func pause() {
+        gate.pause(count: vcpus.count) { for v in vcpus { v.kick() } }
+    }
+
+    public func resume() { gate.resume() }
+
+    public func resetCPUs() throws {
+        for vcpu in vcpus { try vcpu.reset() }
+    }
+
+    public func stop() {
+        gate.stop { for v in vcpus { v.kick() } }
+        for v in vcpus { v.join() }
+    }
+}
