@@ -154,7 +154,7 @@ public final class FwCfg: BusDevice, Snapshottable, Resettable, @unchecked Senda
 
     public func read(region: Int, offset windowOffset: UInt64, size: Int) -> UInt64 {
         switch windowOffset {
-        case 0, 1 where size == 1:
+        case 0...1 where size == 1:
             return UInt64(nextDataByte())
         case 4...11:
             // Byte i of the register is byte i of the signature, whatever the access size.
