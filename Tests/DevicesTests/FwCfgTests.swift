@@ -129,6 +129,15 @@ final class FwCfgTests: XCTestCase {
         let status = try dma(control: UInt32(key) << 16 | 0x08 | FwCfg.DMAControl.read, length: .max, address: 0x4000)
         XCTAssertEqual(status, FwCfg.DMAControl.error)
         XCTAssertEqual(try rig.memory.readBytes(at: 0x4000, count: 2), [7, 7])
+        // Like QEMU, the zero-fill still reaches the end of RAM.
+        try rig.memory.fill(at: 0x8000, count: 0x1000, byte: 0xAA)
+        try rig.memory.fill(at: (1 << 20) - 16, count: 16, byte: 0xAA)
+        try rig.memory.write(UInt8(0x5A), at: 0x7FFF)
+        XCTAssertEqual(try dma(control: UInt32(key) << 16 | 0x08 | FwCfg.DMAControl.read, length: 0x0800_0000,
+                               address: 0x8000), FwCfg.DMAControl.error)
+        XCTAssertEqual(try rig.memory.readBytes(at: 0x8000, count: 4), [7, 7, 0, 0])
+        XCTAssertEqual(try rig.memory.readBytes(at: (1 << 20) - 16, count: 16), [UInt8](repeating: 0, count: 16))
+        XCTAssertEqual(try rig.memory.read(UInt8.self, at: 0x7FFF), 0x5A)
     }
 
     func testDMAWriteRules() throws {

@@ -257,21 +257,28 @@ public final class FwCfg: BusDevice, Snapshottable, Resettable, @unchecked Senda
         writeControl(control, descriptor: descriptor)
     }
 
+    /// Zero-fills like QEMU: as far as RAM goes. Pieces are aligned 1 MiB blocks; a block
+    /// that is not wholly RAM is retried page by page, stopping at the first unmapped page.
     private func zeroFill(address: UInt64, length: UInt64, control: inout UInt32) {
         guard address <= UInt64.max - length else {
             fail(&control, "DMA zero-fill at \(hex(address))+\(hex(length)) wraps around")
             return
         }
-        var done: UInt64 = 0
-        while done < length {
-            let piece = Int(min(length - done, UInt64(Self.fillChunk)))
-            do {
-                try memory.fill(at: address + done, count: piece, byte: 0)
-            } catch {
-                fail(&control, "DMA zero-fill at \(hex(address + done))+\(hex(piece)) is outside RAM")
-                return
+        let end = address + length
+        var cursor = address
+        while cursor < end {
+            let blockEnd = min(end, (cursor | UInt64(Self.fillChunk - 1)) &+ 1)
+            if (try? memory.fill(at: cursor, count: Int(blockEnd - cursor), byte: 0)) == nil {
+                while cursor < blockEnd {
+                    let pageEnd = min(blockEnd, (cursor | 0xFFF) + 1)
+                    if (try? memory.fill(at: cursor, count: Int(pageEnd - cursor), byte: 0)) == nil {
+                        fail(&control, "DMA zero-fill reaches \(hex(cursor)), outside RAM")
+                        return
+                    }
+                    cursor = pageEnd
+                }
             }
-            done += UInt64(piece)
+            cursor = blockEnd
         }
     }
 
