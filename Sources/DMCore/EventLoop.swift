@@ -26,7 +26,7 @@ public final class EventLoop: TimerService, @unchecked Sendable {
     private let wakeFD: Int32
     private let timerFD: Int32
     private var readers: [Int32: () -> Void] = [:]
-    private let posted = Mutex<[@Sendable () -> Void]>([])
+    private let posted = Mutex<[(locked: Bool, work: @Sendable () -> Void)]>([])
     private let stopped = Atomic<Bool>(false)
     private var armedHostDeadline: UInt64?
 
@@ -72,7 +72,18 @@ public final class EventLoop: TimerService, @unchecked Sendable {
 
     /// Runs `work` on the loop thread, under the device lock. Safe from any thread.
     public func post(_ work: @escaping @Sendable () -> Void) {
-        posted.withLock { $0.append(work) }
+        enqueue(locked: true, work)
+    }
+
+    /// Runs `work` on the loop thread without the device lock: for machine-level operations
+    /// (pause, reset, quit) that must wait for vCPUs, which may themselves be waiting for the
+    /// lock to finish an exit.
+    public func postUnlocked(_ work: @escaping @Sendable () -> Void) {
+        enqueue(locked: false, work)
+    }
+
+    private func enqueue(locked: Bool, _ work: @escaping @Sendable () -> Void) {
+        posted.withLock { $0.append((locked, work)) }
         var one: UInt64 = 1
         _ = write(wakeFD, &one, 8)
     }
@@ -98,21 +109,21 @@ public final class EventLoop: TimerService, @unchecked Sendable {
                 GuestErrorLog.stderrSink("swiftdm: epoll_wait: \(String(cString: strerror(errno)))")
                 return
             }
-            lock.withLock {
-                for i in 0..<Int(n) {
-                    let fd = Int32(truncatingIfNeeded: tokens[i])
-                    if fd == wakeFD {
-                        var value: UInt64 = 0
-                        _ = read(wakeFD, &value, 8)
-                        runPosted()
-                    } else if fd == timerFD {
-                        var value: UInt64 = 0
-                        _ = read(timerFD, &value, 8)
-                        armedHostDeadline = nil
-                    } else {
-                        readers[fd]?()
-                    }
+            for i in 0..<Int(n) {
+                let fd = Int32(truncatingIfNeeded: tokens[i])
+                if fd == wakeFD {
+                    var value: UInt64 = 0
+                    _ = read(wakeFD, &value, 8)
+                    runPosted()
+                } else if fd == timerFD {
+                    var value: UInt64 = 0
+                    _ = read(timerFD, &value, 8)
+                    lock.withLock { armedHostDeadline = nil }
+                } else {
+                    lock.withLock { readers[fd]?() }
                 }
+            }
+            lock.withLock {
                 if clock.isRunning { timers.fireDue(now: clock.now()) }
                 armTimerFD()
             }
@@ -120,11 +131,13 @@ public final class EventLoop: TimerService, @unchecked Sendable {
     }
 
     private func runPosted() {
-        let work = posted.withLock { list -> [@Sendable () -> Void] in
+        let work = posted.withLock { list -> [(locked: Bool, work: @Sendable () -> Void)] in
             defer { list.removeAll(keepingCapacity: true) }
             return list
         }
-        for w in work { w() }
+        for item in work {
+            if item.locked { lock.withLock { item.work() } } else { item.work() }
+        }
     }
 
     private func armTimerFD() {

@@ -1,1 +1,69 @@
-print("swiftdm")
+import Backends
+import CLinux
+import Config
+import DMCore
+import Machine
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// swiftdm: parse QEMU's command line, assemble the machine, run it, exit like QEMU.
+func fail(_ message: String) -> Never {
+    GuestErrorLog.stderrSink("swiftdm: \(message)")
+    exit(1)
+}
+
+let arguments = Array(CommandLine.arguments.dropFirst())
+let action: CommandLineAction
+do {
+    action = try CommandLineParser.parse(arguments)
+} catch {
+    fail(error.description)
+}
+
+let config: VMConfig
+switch action {
+case .printHelp:
+    print(CommandLineParser.helpText)
+    exit(0)
+case .printVersion:
+    print(CommandLineParser.versionText)
+    exit(0)
+case .listMachines:
+    print("Supported machines are:\npc                   Standard PC (i440FX + PIIX, 1996) (default)")
+    exit(0)
+case .listDevices:
+    print(MachineCatalog.deviceHelp)
+    exit(0)
+case .run(let parsed):
+    config = parsed
+}
+
+// Termination signals are read from a signalfd on the main loop, so they must be blocked in
+// every thread, which inherit this mask. A closed socket peer must not kill us either.
+let terminationSignals = [SIGINT, SIGTERM, SIGHUP]
+_ = sdm_sigmask(SIG_BLOCK, terminationSignals, Int32(terminationSignals.count))
+signal(SIGPIPE, SIG_IGN)
+
+let machine: PCMachine
+do {
+    machine = try PCMachine(config: config)
+} catch {
+    fail(error.description)
+}
+
+let signalFD = sdm_signalfd(terminationSignals, Int32(terminationSignals.count))
+guard signalFD >= 0 else { fail("signalfd: \(String(cString: strerror(errno)))") }
+do {
+    try machine.loop.addReader(signalFD) {
+        var info = signalfd_siginfo()
+        guard read(signalFD, &info, MemoryLayout<signalfd_siginfo>.size) == MemoryLayout<signalfd_siginfo>.size else { return }
+        machine.terminate(signal: Int32(info.ssi_signo))
+    }
+} catch {
+    fail(error.description)
+}
+
+let status = machine.run()
+machine.shutdownBackends()
+exit(status)

@@ -21,9 +21,13 @@ public protocol CharBackend: AnyObject {
     func write(byte: UInt8)
     func write(_ bytes: ArraySlice<UInt8>)
     func frontendReady()
+    /// Releases host resources at exit: restores terminal modes, removes socket files.
+    func close()
 }
 
 extension CharBackend {
+    public func close() {}
+
     /// Writes each byte in turn; backends that can do better (one syscall) override it.
     public func write(_ bytes: ArraySlice<UInt8>) {
         for b in bytes { write(byte: b) }

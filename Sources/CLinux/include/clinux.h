@@ -9,6 +9,7 @@
 #include <sys/eventfd.h>
 #include <sys/timerfd.h>
 #include <sys/epoll.h>
+#include <sys/signalfd.h>
 
 // Request numbers as functions, since the _IO* macros do not import into Swift.
 unsigned long sdm_KVM_GET_API_VERSION(void);

@@ -22,7 +22,7 @@ public final class PIIX3ISABridge: PCIDevice, PCIINTxRouter, Snapshottable, Rese
 
     public init(router: InterruptRouter) {
         var config = PCIConfigSpace(vendor: 0x8086, device: 0x7000, revision: 0x00, classCode: 0x06_0100,
-                                    headerType: 0x80)
+                                    headerType: 0x80, status: 0x0200)
         for link in 0..<4 { config.set8(0x60 + link, 0x80) }  // all links disabled
         config.set8(0x4C, 0x4D)  // ISA I/O recovery timer
         config.set8(0x4E, 0x03)  // X-bus chip select

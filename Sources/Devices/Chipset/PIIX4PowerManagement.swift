@@ -37,19 +37,13 @@ public final class PIIX4PowerManagement: PCIDevice, Snapshottable, Resettable, @
     public var onSleepRequest: ((UInt8) -> Void)?
 
     public init(sci: IRQLine, timers: any TimerService) {
+        // As QEMU: every device-specific register is writable, PMBA and the SMBus base included.
         var config = PCIConfigSpace(vendor: 0x8086, device: 0x7113, revision: 0x03, classCode: 0x06_8000,
-                                    interruptPin: 1)
-        config.set32(0x40, 0x1)  // PMBA: I/O space indicator
-        config.writeMask[0x40] = 0xC0
-        config.writeMask[0x41] = 0xFF
-        config.writeMask[0x42] = 0
-        config.writeMask[0x43] = 0
-        config.set32(0x90, 0x1)  // SMBus base: I/O space indicator
-        config.writeMask[0x90] = 0xF0
-        config.writeMask[0x92] = 0
-        config.writeMask[0x93] = 0
-        config.set8(0x5B, 0x02)  // APMC_EN: "SMM already set up"
-        config.writeMask[0x5B] = 0xFD
+                                    interruptPin: 1, status: 0x0280)
+        config.set32(0x40, 0x1)      // PMBA: I/O space indicator
+        config.set32(0x90, 0xB101)   // SMBus base, as QEMU's pc machine sets it
+        config.set8(0xD2, 0x09)      // SMBus host configuration: enabled, IRQ 9
+        config.set8(0x5B, 0x02)      // APMC_EN: "SMM already set up"
         pci = PCIFunction(name: "PIIX4-PM", config: config)
         self.sci = sci
         clock = timers.clock

@@ -59,28 +59,33 @@ public final class PCIBus: @unchecked Sendable {
         functions[devfn] = nil
     }
 
-    /// A configuration read; absent functions read as all ones. For function 0 absent, the
-    /// whole slot is absent too (functions 1-7 are only probed when function 0 exists).
+    /// A configuration read; absent functions read as all ones. Unaligned accesses are
+    /// allowed (as QEMU allows them); one that runs past the end is cut short there.
     public func configRead(devfn: Int, offset: Int, size: Int) -> UInt32 {
-        guard let device = functions[devfn & 0xFF], Self.valid(offset, size) else {
+        guard let device = functions[devfn & 0xFF], let length = Self.length(offset, size) else {
             return UInt32(truncatingIfNeeded: mask(size))
         }
-        return device.configRead(offset: offset, size: size)
+        return device.configRead(offset: offset, size: length)
     }
 
     public func configWrite(devfn: Int, offset: Int, size: Int, value: UInt32) {
-        guard let device = functions[devfn & 0xFF], Self.valid(offset, size) else { return }
-        device.configWrite(offset: offset, size: size, value: value & UInt32(truncatingIfNeeded: mask(size)))
+        guard let device = functions[devfn & 0xFF], let length = Self.length(offset, size) else { return }
+        device.configWrite(offset: offset, size: length, value: value & UInt32(truncatingIfNeeded: mask(length)))
     }
 
-    private static func valid(_ offset: Int, _ size: Int) -> Bool {
-        (size == 1 || size == 2 || size == 4) && offset >= 0 && offset + size <= PCIConfigSpace.size && offset % size == 0
+    private static func length(_ offset: Int, _ size: Int) -> Int? {
+        guard (1...4).contains(size), (0..<PCIConfigSpace.size).contains(offset) else { return nil }
+        return min(size, PCIConfigSpace.size - offset)
     }
 }
 
 /// Configuration mechanism #1: the address register at 0xCF8 (dword accesses only) and the
 /// data window at 0xCFC-0xCFF. Registered as one 8-port window; a byte access at 0xCF9 is the
 /// PIIX3 reset control register, which shares the address range on real chipsets.
+///
+/// As in QEMU, the latch keeps all 32 bits written, and the register offset is the latch's
+/// low byte plus the data port's offset, so a misaligned latch or port gives a misaligned
+/// config access rather than being rejected.
 public final class PCIHostBridgeConfigPorts: BusDevice, @unchecked Sendable {
     public let bus: PCIBus
     public private(set) var address: UInt32 = 0
@@ -104,7 +109,7 @@ public final class PCIHostBridgeConfigPorts: BusDevice, @unchecked Sendable {
 
     public func write(region: Int, offset: UInt64, size: Int, value: UInt64) {
         switch (offset, size) {
-        case (0, 4): address = UInt32(truncatingIfNeeded: value) & 0x80FF_FFFC
+        case (0, 4): address = UInt32(truncatingIfNeeded: value)
         case (1, 1): resetControl?.write(region: 0, offset: 0, size: 1, value: value)
         case (4...7, _):
             guard let (devfn, reg) = target(dataOffset: Int(offset) - 4, size: size) else { return }
@@ -113,10 +118,10 @@ public final class PCIHostBridgeConfigPorts: BusDevice, @unchecked Sendable {
         }
     }
 
-    /// Decodes the latched address; only bus 0 exists and an access may not leave its dword.
+    /// Decodes the latched address; only bus 0 exists. Bits 30:24 are reserved and ignored.
     private func target(dataOffset: Int, size: Int) -> (Int, Int)? {
-        guard address & 0x8000_0000 != 0, (address >> 16) & 0xFF == 0, dataOffset + size <= 4 else { return nil }
-        return (Int((address >> 8) & 0xFF), Int(address & 0xFC) + dataOffset)
+        guard address & 0x8000_0000 != 0, (address >> 16) & 0xFF == 0 else { return nil }
+        return (Int((address >> 8) & 0xFF), Int(address & 0xFF) + dataOffset)
     }
 }
 
@@ -125,7 +130,7 @@ extension PCIHostBridgeConfigPorts: Snapshottable, Resettable {
     public var stateVersion: UInt32 { 1 }
     public func saveState(to w: inout StateWriter) { w.put(address) }
     public func loadState(from r: inout StateReader, version: UInt32) throws(StateError) {
-        address = try r.get(UInt32.self) & 0x80FF_FFFC
+        address = try r.get(UInt32.self)
     }
     public func reset() { address = 0 }
 }

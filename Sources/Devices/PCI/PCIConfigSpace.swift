@@ -32,7 +32,7 @@ public struct PCIConfigSpace: Sendable {
 
     public init(vendor: UInt16, device: UInt16, revision: UInt8, classCode: UInt32,
                 headerType: UInt8 = 0, subsystemVendor: UInt16 = 0, subsystem: UInt16 = 0,
-                interruptPin: UInt8 = 0) {
+                interruptPin: UInt8 = 0, status: UInt16 = 0) {
         set16(0x00, vendor)
         set16(0x02, device)
         bytes[0x08] = revision
@@ -43,13 +43,13 @@ public struct PCIConfigSpace: Sendable {
         set16(0x2C, subsystemVendor)
         set16(0x2E, subsystem)
         bytes[0x3D] = interruptPin
-        // Command: I/O, memory, bus master, parity, SERR, INTx disable are the writable ones.
-        writeMask[0x04] = 0x47
+        set16(0x06, status)
+        // Command: I/O, memory, bus master, SERR and INTx disable are writable (QEMU: 0x0507).
+        writeMask[0x04] = 0x07
         writeMask[0x05] = 0x05
         // Status: the error bits are write-1-to-clear.
         writeOneToClearMask[0x07] = 0xF9
-        writeMask[0x0C] = 0xFF  // cache line size
-        writeMask[0x0D] = 0xFF  // latency timer
+        writeMask[0x0C] = 0xFF  // cache line size; the latency timer stays 0, as in QEMU
         writeMask[0x3C] = 0xFF  // interrupt line
         // Device-specific registers are writable unless a device says otherwise, as QEMU does.
         for i in 0x40..<Self.size { writeMask[i] = 0xFF }

@@ -1,0 +1,196 @@
+/// QEMU's command-line grammar, as one declared table: each option's spellings, whether it
+/// takes an argument, its help line and how it updates the configuration. `--help` is printed
+/// from the same table, so the two cannot drift apart.
+public enum CommandLineParser {
+    public static let programVersion = "0.1.0"
+    /// The QEMU release whose command line and QMP we follow.
+    public static let qemuCompatibleVersion = "7.2.0"
+
+    struct Option: Sendable {
+        let names: [String]
+        let argument: String?
+        let help: String
+        let apply: @Sendable (inout VMConfig, String) throws(ConfigError) -> CommandLineAction?
+    }
+
+    static func flag(_ names: [String], _ help: String, _ set: @escaping @Sendable (inout VMConfig) -> Void) -> Option {
+        Option(names: names, argument: nil, help: help) { config, _ in
+            set(&config)
+            return nil
+        }
+    }
+
+    static func value(_ names: [String], _ argument: String, _ help: String,
+                      _ set: @escaping @Sendable (inout VMConfig, String) throws(ConfigError) -> Void) -> Option {
+        Option(names: names, argument: argument, help: help) { config, text throws(ConfigError) in
+            try set(&config, text)
+            return nil
+        }
+    }
+
+    static let options: [Option] = [
+        Option(names: ["h", "help"], argument: nil, help: "print this help and exit") { _, _ in .printHelp },
+        Option(names: ["version"], argument: nil, help: "print the version and exit") { _, _ in .printVersion },
+        value(["M", "machine"], "[type=]name[,prop=value...]", "machine type (pc; help lists them) and properties") { c, text throws(ConfigError) in
+            var list = try OptionList(option: "-machine", text: text, impliedKey: "type")
+            if let type = list.take("type") { c.machineType = type }
+            c.machineProperties += list.entries
+        },
+        value(["m"], "[size=]megs[M|G]", "guest RAM size (default 128M)") { c, text throws(ConfigError) in
+            var list = try OptionList(option: "-m", text: text, impliedKey: "size")
+            guard let size = try list.takeSize("size", defaultUnit: 1 << 20), size >= 1 << 20, size <= 1 << 40 else {
+                throw ConfigError(option: "-m", value: text, reason: "expects a size between 1M and 1T")
+            }
+            _ = list.take("slots")
+            _ = list.take("maxmem")
+            try list.rejectUnknown()
+            c.memoryBytes = size & ~0xFFFFF
+        },
+        value(["smp"], "[cpus=]n[,maxcpus=n][,sockets=n][,cores=n][,threads=n]", "number of vCPUs") { c, text throws(ConfigError) in
+            var list = try OptionList(option: "-smp", text: text, impliedKey: "cpus")
+            let cpus = try list.takeUInt("cpus", max: 255)
+            let maxCPUs = try list.takeUInt("maxcpus", max: 255)
+            let topology = try ["sockets", "dies", "cores", "threads"].map { (key: String) throws(ConfigError) -> UInt64 in
+                try list.takeUInt(key, max: 255) ?? 1
+            }
+            try list.rejectUnknown()
+            let product = topology.reduce(1, *)
+            let count = Int(cpus ?? (maxCPUs ?? product))
+            guard count >= 1 else { throw ConfigError(option: "-smp", value: text, reason: "needs at least one CPU") }
+            let maximum = Int(maxCPUs ?? UInt64(count))
+            guard maximum >= count else {
+                throw ConfigError(option: "-smp", value: text, reason: "maxcpus must be at least cpus")
+            }
+            c.smp.cpus = count
+            c.smp.maxCPUs = maximum
+        },
+        value(["bios"], "file", "firmware image (default: SeaBIOS bios-256k.bin)") { c, text in c.bios = text },
+        flag(["nodefaults"], "create no default devices") { $0.noDefaults = true },
+        flag(["no-user-config"], "read no user configuration (there is none)") { _ in },
+        flag(["nographic"], "no display; serial port and monitor on the terminal") { $0.noGraphic = true },
+        value(["display"], "none", "display backend (only none for now)") { c, text throws(ConfigError) in
+            var list = try OptionList(option: "-display", text: text, impliedKey: "type")
+            guard list.take("type") == "none" else {
+                throw ConfigError(option: "-display", value: text, reason: "only 'none' is supported")
+            }
+            try list.rejectUnknown()
+            c.displayNone = true
+        },
+        value(["serial"], "dev", "serial port backend: stdio, null, none, pty, file:F, unix:P[,server=on,wait=off], chardev:ID") { c, text in
+            c.serials.append(text)
+        },
+        value(["chardev"], "backend,id=id[,...]", "character device (stdio, null, file, pty, socket)") { c, text throws(ConfigError) in
+            let list = try OptionList(option: "-chardev", text: text, impliedKey: "backend")
+            guard list.has("id") else { throw ConfigError(option: "-chardev", value: text, reason: "missing id") }
+            c.chardevs.append(list)
+        },
+        value(["debugcon"], "dev", "debug console on port 0x402 (same syntax as -serial)") { c, text in c.debugcon = text },
+        value(["name"], "[guest=]name", "guest name") { c, text throws(ConfigError) in
+            var list = try OptionList(option: "-name", text: text, impliedKey: "guest")
+            c.name = list.take("guest")
+            _ = list.take("debug-threads")
+            _ = list.take("process")
+            try list.rejectUnknown()
+        },
+        flag(["S"], "do not start the CPUs (wait for 'cont' on the monitor)") { $0.startPaused = true },
+        flag(["no-reboot"], "exit instead of rebooting") { $0.noReboot = true },
+        flag(["no-shutdown"], "stop instead of exiting when the guest powers off") { $0.noShutdown = true },
+        value(["device"], "driver[,prop=value...]", "add a device (help lists them)") { c, text throws(ConfigError) in
+            let list = try OptionList(option: "-device", text: text, impliedKey: "driver")
+            c.devices.append(list)
+        },
+        value(["boot"], "[order=drives][,menu=on|off][,reboot-timeout=ms]", "boot order and menu") { c, text throws(ConfigError) in
+            var list = try OptionList(option: "-boot", text: text, impliedKey: "order")
+            if let order = list.take("order") {
+                guard !order.isEmpty, order.allSatisfy({ "abcdnp".contains($0) }) else {
+                    throw ConfigError(option: "-boot", value: text, reason: "invalid boot device in '\(order)'")
+                }
+                c.bootOrder = order
+            }
+            _ = list.take("once")
+            c.bootMenu = try list.takeBool("menu")
+            _ = list.take("splash")
+            _ = list.take("splash-time")
+            if let timeout = try list.takeUInt("reboot-timeout", max: 0xFFFF) { c.bootRebootTimeout = Int(timeout) }
+            _ = try list.takeBool("strict")
+            try list.rejectUnknown()
+        },
+        value(["kernel"], "bzImage", "Linux kernel for direct boot") { c, text in c.kernel = text },
+        value(["initrd"], "file", "initial ramdisk for direct boot") { c, text in c.initrd = text },
+        value(["append"], "cmdline", "kernel command line") { c, text in c.append = text },
+        value(["d"], "item[,...]", "log items: guest_errors, unimp (accesses no device claims)") { c, text throws(ConfigError) in
+            let items = text.split(separator: ",").map(String.init)
+            if let bad = items.first(where: { !["guest_errors", "unimp"].contains($0) }) {
+                throw ConfigError(option: "-d", value: text, reason: "unknown log item '\(bad)'")
+            }
+            c.logItems += items
+        },
+        flag(["enable-kvm"], "use KVM (always on outside Xen)") { _ in },
+        value(["accel"], "kvm", "accelerator (kvm)") { c, text throws(ConfigError) in
+            var list = try OptionList(option: "-accel", text: text, impliedKey: "accel")
+            guard list.take("accel") == "kvm" else {
+                throw ConfigError(option: "-accel", value: text, reason: "only kvm is supported")
+            }
+            try list.rejectUnknown()
+        },
+        value(["cpu"], "host", "CPU model (the host's, as KVM offers it)") { _, text throws(ConfigError) in
+            guard ["host", "max"].contains(text) else {
+                throw ConfigError(option: "-cpu", value: text, reason: "only 'host' and 'max' are supported")
+            }
+        },
+    ]
+
+    /// Parses `arguments` (without the program name).
+    public static func parse(_ arguments: [String]) throws(ConfigError) -> CommandLineAction {
+        var config = VMConfig()
+        var index = 0
+        while index < arguments.count {
+            let word = arguments[index]
+            index += 1
+            guard word.hasPrefix("-"), word.count > 1 else {
+                throw ConfigError(option: word, value: "", reason: "unexpected argument (options start with '-')")
+            }
+            let name = String(word.drop(while: { $0 == "-" }))
+            guard let option = options.first(where: { $0.names.contains(name) }) else {
+                throw ConfigError(option: word, value: "", reason: "invalid option")
+            }
+            var argument = ""
+            if option.argument != nil {
+                guard index < arguments.count else {
+                    throw ConfigError(option: word, value: "", reason: "requires an argument")
+                }
+                argument = arguments[index]
+                index += 1
+            }
+            do {
+                if let action = try option.apply(&config, argument) { return action }
+            } catch {
+                throw ConfigError(option: "-" + name, value: error.value, reason: error.reason)
+            }
+            if config.machineType == "help" { return .listMachines }
+            if config.devices.last?.entries.first.map({ $0.key == "driver" && $0.value == "help" }) == true {
+                return .listDevices
+            }
+        }
+        return .run(config)
+    }
+
+    public static var helpText: String {
+        var lines = ["usage: swiftdm [options]", "",
+                     "SwiftDM \(programVersion): a memory-safe PC device model for KVM and Xen,",
+                     "with QEMU's command line (\(qemuCompatibleVersion)).", ""]
+        for option in options {
+            let spelled = option.names.map { "-" + $0 }.joined(separator: ", ")
+            let head = option.argument.map { "\(spelled) \($0)" } ?? spelled
+            lines.append(head.count < 34 ? head + String(repeating: " ", count: 34 - head.count) + option.help
+                                         : head + "\n" + String(repeating: " ", count: 34) + option.help)
+        }
+        lines.append("")
+        lines.append("With no options: a 128 MiB pc machine running SeaBIOS, serial console on the terminal.")
+        return lines.joined(separator: "\n")
+    }
+
+    public static var versionText: String {
+        "SwiftDM version \(programVersion) (QEMU-compatible \(qemuCompatibleVersion))"
+    }
+}

@@ -1,0 +1,81 @@
+import Config
+import DMCore
+import Devices
+
+/// What a `-device` driver may touch while the machine is being assembled.
+struct DeviceContext {
+    let ports: Bus
+    let mmio: Bus
+    let pci: PCIBus
+    let router: InterruptRouter
+    let onDebugExit: (Int32) -> Void
+    var created: [AnyObject] = []
+}
+
+/// The `-device` drivers this machine knows, as one declared table (QEMU's `-device help`
+/// prints the same list). Each driver takes its properties from the option list; anything left
+/// over is an error naming the property.
+struct DeviceDriver: Sendable {
+    let name: String
+    let bus: String
+    let help: String
+    let build: @Sendable (inout OptionList, inout DeviceContext) throws(ConfigError) -> Void
+
+    static let all: [DeviceDriver] = [
+        DeviceDriver(name: "isa-debug-exit", bus: "ISA", help: "exits the VMM with status (value << 1) | 1 when the guest writes value") {
+            list, context throws(ConfigError) in
+            let base = try list.takeUInt("iobase", max: 0xFFFF) ?? 0x501
+            let size = try list.takeUInt("iosize", max: 4) ?? 2
+            guard [1, 2, 4].contains(size), base + size <= 0x10000 else {
+                throw ConfigError(option: "-device", value: list.text, reason: "iosize must be 1, 2 or 4 within the port space")
+            }
+            let device = ISADebugExit(onExit: context.onDebugExit)
+            try register(device, on: context.ports, base: base, length: size, name: "isa-debug-exit", list: list)
+            context.created.append(device)
+        },
+        DeviceDriver(name: "pci-testdev", bus: "PCI", help: "QEMU's PCI test device (1b36:0005), for dispatch tests") {
+            list, context throws(ConfigError) in
+            let device = PCITestDevice()
+            try plugPCI(device, list: &list, pci: context.pci)
+            context.created.append(device)
+        },
+    ]
+
+    static func find(_ name: String) -> DeviceDriver? { all.first { $0.name == name } }
+
+    static var helpText: String {
+        all.map { "name \"\($0.name)\", bus \($0.bus), desc \"\($0.help)\"" }.joined(separator: "\n")
+    }
+}
+
+func register(_ device: any BusDevice, on bus: Bus, base: UInt64, length: UInt64, name: String,
+              list: OptionList) throws(ConfigError) {
+    do {
+        try bus.register(device, base: base, length: length, name: name)
+    } catch {
+        throw ConfigError(option: "-device", value: list.text, reason: error.description)
+    }
+}
+
+/// Plugs a PCI function at `addr=SLOT[.FN]` or the first free slot.
+func plugPCI(_ device: any PCIDevice, list: inout OptionList, pci: PCIBus) throws(ConfigError) {
+    let address = list.take("addr")
+    do {
+        if let address {
+            let parts = address.split(separator: ".", omittingEmptySubsequences: false)
+            guard parts.count <= 2, let slot = parseUInt(String(parts[0])),
+                  let function = parts.count == 2 ? parseUInt(String(parts[1])) : 0 else {
+                throw ConfigError(option: "-device", value: list.text, reason: "invalid PCI address '\(address)'")
+            }
+            try pci.plug(device, slot: Int(min(slot, 255)), function: Int(min(function, 255)))
+        } else {
+            try pci.plug(device, slot: try pci.freeSlot())
+        }
+    } catch let error as PCIError {
+        throw ConfigError(option: "-device", value: list.text, reason: error.description)
+    } catch let error as ConfigError {
+        throw error
+    } catch {
+        throw ConfigError(option: "-device", value: list.text, reason: "\(error)")
+    }
+}

@@ -1,0 +1,138 @@
+import DMCore
+import KVMAccel
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Receives requests from vCPU threads and devices and queues them for the main loop, where
+/// the machine acts on them one at a time. Requests arriving before the machine is complete
+/// are impossible (no vCPU runs yet), so `machine` is set once, at the end of assembly.
+final class MachineEvents: AcceleratorEvents, @unchecked Sendable {
+    let loop: EventLoop
+    weak var machine: PCMachine?
+
+    init(loop: EventLoop) {
+        self.loop = loop
+    }
+
+    func resetRequested(cause: ShutdownCause) {
+        loop.postUnlocked { [weak self] in self?.machine?.handleReset(cause: cause) }
+    }
+
+    func shutdownRequested(cause: ShutdownCause) {
+        loop.postUnlocked { [weak self] in self?.machine?.handleShutdown(cause: cause) }
+    }
+
+    func fatalError(_ message: String) {
+        loop.postUnlocked { [weak self] in self?.machine?.handleFatal(message) }
+    }
+}
+
+extension PCMachine {
+    func append(devices new: [AnyObject]) {
+        devices += new
+    }
+
+    var snapshottableDevices: [any Snapshottable] { devices.compactMap { $0 as? any Snapshottable } }
+
+    /// Runs the guest until something ends the process; returns the exit status.
+    public func run() -> Int32 {
+        do {
+            try accelerator.start(paused: runState != .running)
+        } catch {
+            GuestErrorLog.stderrSink("swiftdm: \(error)")
+            return 1
+        }
+        if runState == .running { resumeClock() }
+        loop.run()
+        accelerator.stop()
+        return exitStatus.load(ordering: .acquiring)
+    }
+
+    /// Ends the process with `status` once the main loop unwinds. Any thread.
+    public func requestExit(status: Int32) {
+        exitStatus.store(status, ordering: .releasing)
+        loop.stop()
+    }
+
+    private func resumeClock() {
+        loop.clock.resume()
+        loop.clockChanged()
+    }
+
+    /// Stops the guest (QMP `stop`, `-no-shutdown` power-off). Main loop, no device lock.
+    public func pause(to state: RunState = .paused) {
+        accelerator.pause()
+        loop.clock.pause()
+        loop.clockChanged()
+        runState = state
+    }
+
+    /// Starts or restarts the guest (QMP `cont`). Main loop, no device lock.
+    public func resume() {
+        guard runState != .running else { return }
+        runState = .running
+        resumeClock()
+        accelerator.resume()
+    }
+
+    /// A system reset: every device and CPU back to power-on state; RAM is kept, as on a PC.
+    func handleReset(cause: ShutdownCause) {
+        if config.noReboot {
+            handleShutdown(cause: cause)
+            return
+        }
+        let wasRunning = runState == .running
+        accelerator.pause()
+        lock.withLock {
+            for case let device as any Resettable in devices { device.reset() }
+        }
+        do {
+            try accelerator.resetCPUs()
+        } catch {
+            handleFatal("reset failed: \(error)")
+            return
+        }
+        if wasRunning || runState == .shutdown {
+            runState = .running
+            accelerator.resume()
+        }
+    }
+
+    /// The guest powered off (or reset under -no-reboot): exit 0, or stop under -no-shutdown.
+    func handleShutdown(cause: ShutdownCause) {
+        if config.noShutdown {
+            pause(to: .shutdown)
+        } else {
+            requestExit(status: 0)
+        }
+    }
+
+    func handleFatal(_ message: String) {
+        GuestErrorLog.stderrSink("swiftdm: \(message)")
+        runState = .internalError
+        requestExit(status: 1)
+    }
+
+    /// Host signals (SIGINT, SIGTERM, SIGHUP — libxl destroys with SIGHUP): QEMU prints this
+    /// line and exits 0.
+    public func terminate(signal: Int32) {
+        GuestErrorLog.stderrSink("swiftdm: terminating on signal \(signal)")
+        requestExit(status: 0)
+    }
+}
+
+extension PCMachine {
+    /// Closes every character backend: terminal modes restored, socket files removed.
+    public func shutdownBackends() {
+        lock.withLock {
+            for backend in backends { backend.close() }
+        }
+    }
+}
+
+/// What `-device help` and `-machine help` print.
+public enum MachineCatalog {
+    public static var deviceHelp: String { DeviceDriver.helpText }
+}
