@@ -16,10 +16,11 @@ WORK=/var/lib/lab/work           # per-scenario scratch (disks, ISOs, save files
 RUN=/run/lab
 SDIR=$LAB/scenarios/$SCENARIO
 DMPID= DOMID=
-T0=$(date +%s.%N)
+T0=$(date +%s%3N)
 
 log() { echo "[$(date +%T.%N | cut -c1-12)] $*"; }
-elapsed() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}'; }
+now() { date +%s%3N; }   # milliseconds (integer arithmetic: dom0's awk is mawk)
+elapsed() { local d=$(( $(date +%s%3N) - $1 )); printf '%d.%d' $((d / 1000)) $((d % 1000 / 100)); }
 
 verdict() {  # verdict PASS|FAIL MESSAGE...   (first verdict wins)
   [ -s "$OUT/verdict" ] && return 0
@@ -56,7 +57,7 @@ wait_until() {  # wait_until DESCRIPTION SECONDS CMD...
 # step NAME SECONDS CMD...: run CMD with a time limit, output to OUT/step-NAME.log, timing to steps.tsv
 step() {
   local name=$1 t=$2; shift 2
-  local s=$(date +%s.%N) rc
+  local s=$(now) rc
   log "step $name: $*"
   timeout -k 5 "$t" "$@" > "$OUT/step-$name.log" 2>&1
   rc=$?

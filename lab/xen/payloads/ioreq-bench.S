@@ -61,6 +61,7 @@ round:  movb %bh, rnum
         jmp 5b
 6:      mov $done, %si
         call pe9
+        sti                     /* idle (cli; hlt would make Xen power the domain off) */
 7:      hlt
         jmp 7b
 marker: mov $mk, %si

@@ -5,7 +5,7 @@
 # answers through the DM's UART in both directions (unix socket chardev).
 scenario() {
   guest_create hvm-linux
-  local t0; t0=$(date +%s.%N)
+  local t0; t0=$(now)
   step serial 600 python3 "$LAB/dom0/lab-expect.py" --unix "$RUN/hvm-linux-com1.sock" --log "$OUT/com1.log" \
       --timeout 560 --ready LAB-GUEST-READY --probe 'echo LAB-SUM=$((6*7))' --want LAB-SUM=42 \
     || fail "HVM Linux did not reach a shell on the emulated serial port: $(tail -1 "$OUT/step-serial.log")"
