@@ -25,6 +25,7 @@ let package = Package(
         .testTarget(name: "DMCoreTests", dependencies: ["DMCore"], swiftSettings: strict),
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "DMCore", "Backends"],
                     swiftSettings: strict),
+        .testTarget(name: "BackendsTests", dependencies: ["Backends", "DMCore", "Config"], swiftSettings: strict),
         .testTarget(name: "ConfigTests", dependencies: ["Config", "Machine"], swiftSettings: strict),
         .testTarget(name: "IntegrationTests", dependencies: [], swiftSettings: strict),
     ]
