@@ -11,7 +11,7 @@
         .code16
         .text
         .globl _start
-        .set ROUNDS, 3
+        .set ROUNDS, 5
         .set NXEN, 2000
         .set NDM, 500
 _start:

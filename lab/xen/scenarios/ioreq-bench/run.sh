@@ -1,6 +1,6 @@
 # Boot sector timing port-I/O round trips (ioreqs) through the device model
 # timeout: 420
-# The boot sector (payloads/ioreq-bench.S) brackets 2000 PIT reads (exits Xen handles itself) and
+# The boot sector (payloads/ioreq-bench.S) brackets, in each of 5 rounds, 2000 PIT reads (exits Xen handles itself) and
 # 500 x (out+in) on COM1's scratch register 0x3ff (1000 ioreqs to the DM) with marker lines on
 # port 0xe9; Xen timestamps them (console_timestamps=boot). Checks: all markers present, every
 # scratch-register read returned the value written (BENCH OK), HELLO on COM1.
