@@ -108,7 +108,7 @@ enum FD {
 /// descriptor in blocking mode (stdin is left blocking because our parent shares it).
 final class InputPump {
     let fd: Int32
-    private unowned let loop: any CharBackendLoop
+    private weak var loop: (any CharBackendLoop)?
     private weak var frontend: (any CharFrontend)?
     private var buffer = [UInt8](repeating: 0, count: 4096)
     private var watching = false
@@ -122,6 +122,8 @@ final class InputPump {
         self.onEnd = onEnd
     }
 
+    deinit { stop() }
+
     func attach(_ frontend: (any CharFrontend)?) {
         self.frontend = frontend
         resume()
@@ -129,14 +131,14 @@ final class InputPump {
 
     /// Starts or restarts watching if there is somewhere for input to go.
     func resume() {
-        guard active, !watching, let frontend, frontend.receiveCapacity > 0 else { return }
+        guard active, !watching, let loop, let frontend, frontend.receiveCapacity > 0 else { return }
         do {
-            try loop.addReader(fd) { [unowned self] in self.readable() }
+            try loop.addReader(fd) { [weak self] in self?.readable() }
             watching = true
         } catch {
-            // Regular files cannot be watched by epoll; treat them as having no input.
+            // epoll refuses regular files and /dev/null (stdin redirected from them); such an
+            // input simply never delivers anything, which is what a guest would see anyway.
             active = false
-            GuestErrorLog.stderrSink("swiftdm: cannot watch descriptor \(fd) for input: \(error)")
         }
     }
 
@@ -153,7 +155,7 @@ final class InputPump {
 
     private func pause() {
         if watching {
-            loop.removeReader(fd)
+            loop?.removeReader(fd)
             watching = false
         }
     }

@@ -25,7 +25,7 @@ public final class PtyCharBackend: CharBackend, @unchecked Sendable {
     static let getPtyNumber: UInt = 0x8004_5430
 
     private var master: Int32
-    private unowned let loop: any CharBackendLoop
+    private weak var loop: (any CharBackendLoop)?
     private var pump: InputPump?
     private var connectionTimer: (any DeviceTimer)?
 
@@ -61,21 +61,21 @@ public final class PtyCharBackend: CharBackend, @unchecked Sendable {
             Glibc.close(master)
             throw CharBackendError(id: id, error)
         }
-        pump = InputPump(fd: master, loop: loop) { [unowned self] _ in self.disconnected() }
+        pump = InputPump(fd: master, loop: loop) { [weak self] _ in self?.disconnected() }
         pump?.stop()
-        connectionTimer = loop.makeTimer { [unowned self] in self.checkForClient() }
+        connectionTimer = loop.makeTimer { [weak self] in self?.checkForClient() }
         if announce { GuestErrorLog.stderrSink("swiftdm: char device redirected to \(slavePath) (label \(id))") }
         checkForClient()
     }
 
-    deinit { FD.closeIfOpen(&master) }
+    deinit { close() }
 
     private func checkForClient() {
         guard master >= 0 else { return }
         var entry = pollfd(fd: master, events: Int16(POLLIN), revents: 0)
         let hungUp = poll(&entry, 1, 0) < 0 || entry.revents & Int16(POLLHUP) != 0
         if hungUp {
-            connectionTimer?.arm(at: loop.clock.now() &+ Self.connectionPollInterval)
+            if let loop { connectionTimer?.arm(at: loop.clock.now() &+ Self.connectionPollInterval) }
         } else {
             isConnected = true
             pump?.restart()

@@ -32,7 +32,7 @@ public final class SocketCharBackend: CharBackend, @unchecked Sendable {
     /// The bound TCP port (useful when the spec asked for port 0).
     public private(set) var localPort: UInt16?
 
-    private unowned let loop: any CharBackendLoop
+    private weak var loop: (any CharBackendLoop)?
     private let noDelay: Bool
     private var listenFD: Int32 = -1
     private var clientFD: Int32 = -1
@@ -151,8 +151,8 @@ public final class SocketCharBackend: CharBackend, @unchecked Sendable {
     // MARK: Connections
 
     private func watchListener() throws(SystemError) {
-        guard listenFD >= 0, !listening else { return }
-        try loop.addReader(listenFD) { [unowned self] in self.acceptClient() }
+        guard listenFD >= 0, !listening, let loop else { return }
+        try loop.addReader(listenFD) { [weak self] in self?.acceptClient() }
         listening = true
     }
 
@@ -164,7 +164,7 @@ public final class SocketCharBackend: CharBackend, @unchecked Sendable {
         guard fd >= 0 else { return }  // EAGAIN: the client gave up already
         _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
         if listening {
-            loop.removeReader(listenFD)
+            loop?.removeReader(listenFD)
             listening = false
         }
         do {
@@ -182,7 +182,8 @@ public final class SocketCharBackend: CharBackend, @unchecked Sendable {
             var one: Int32 = 1
             _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
         }
-        pump = InputPump(fd: fd, loop: loop) { [unowned self] _ in self.dropClient() }
+        guard let loop else { throw SystemError("event loop gone", errno: ESHUTDOWN) }
+        pump = InputPump(fd: fd, loop: loop) { [weak self] _ in self?.dropClient() }
         pump?.attach(frontend)
     }
 
@@ -224,7 +225,7 @@ public final class SocketCharBackend: CharBackend, @unchecked Sendable {
         pump = nil
         FD.closeIfOpen(&clientFD)
         if listening {
-            loop.removeReader(listenFD)
+            loop?.removeReader(listenFD)
             listening = false
         }
         FD.closeIfOpen(&listenFD)

@@ -96,8 +96,8 @@ public final class CMOSRTC: BusDevice, Snapshottable, Resettable, @unchecked Sen
         var fireUpdate: (() -> Void)?
         periodicTimer = timers.makeTimer { firePeriodic?() }
         updateTimer = timers.makeTimer { fireUpdate?() }
-        firePeriodic = { [unowned self] in self.periodicTick() }
-        fireUpdate = { [unowned self] in self.secondEdge() }
+        firePeriodic = { [weak self] in self?.periodicTick() }
+        fireUpdate = { [weak self] in self?.secondEdge() }
         cmos[Index.a] = 0x26
         cmos[Index.b] = B.twentyFourHour
         cmos[Index.d] = 0x80

@@ -99,7 +99,7 @@ public final class UART16550: BusDevice, Snapshottable, Resettable, CharFrontend
         clock = timers?.clock
         var fire: (() -> Void)?
         timeoutTimer = timers?.makeTimer { fire?() }
-        fire = { [unowned self] in self.characterTimeoutExpired() }
+        fire = { [weak self] in self?.characterTimeoutExpired() }
         resetRegisters()
         backend?.attach(self)
     }
