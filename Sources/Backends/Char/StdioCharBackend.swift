@@ -17,14 +17,18 @@ import Glibc
 public final class StdioCharBackend: CharBackend, @unchecked Sendable {
     public let id: String
     public var filename: String { "stdio" }
-    private let inputFD: Int32 = 0
-    private let outputFD: Int32 = 1
+    private let inputFD: Int32
+    private let outputFD: Int32
     private let outputIsRegularFile: Bool
     private var savedTerminal: termios?
     private var pump: InputPump?
 
-    public init(id: String, loop: any CharBackendLoop, allowSignals: Bool = true) {
+    /// `inputFD`/`outputFD` are stdin/stdout except in tests.
+    public init(id: String, loop: any CharBackendLoop, allowSignals: Bool = true,
+                inputFD: Int32 = 0, outputFD: Int32 = 1) {
         self.id = id
+        self.inputFD = inputFD
+        self.outputFD = outputFD
         var info = stat()
         outputIsRegularFile = fstat(outputFD, &info) == 0 && info.st_mode & S_IFMT == S_IFREG
         if isatty(inputFD) == 1 {
