@@ -596,8 +596,9 @@ struct Ring<Element: FixedWidthInteger> {
 }
 
 /// Scan-code set 2 → set 1, as the controller translates with command byte bit 6. Built from
-/// the key-by-key correspondence of the two sets (both are documented per key); codes that
-/// name no key pass through unchanged. 0xE0/0xE1 prefixes pass through; the codes after them
+/// the key-by-key correspondence of the two sets (both are documented per key; checked against
+/// Bochs's full table); codes that name no key pass through unchanged, where the hardware
+/// table has arbitrary values. 0xE0/0xE1 prefixes pass through; the codes after them
 /// use the same table, which is how the hardware handles extended keys.
 let setOneTranslation: [UInt8] = {
     var table = (0...255).map { UInt8($0) }
@@ -615,6 +616,8 @@ let setOneTranslation: [UInt8] = {
         (0x6C, 0x47), (0x75, 0x48), (0x7D, 0x49), (0x7B, 0x4A), (0x6B, 0x4B), (0x73, 0x4C), (0x74, 0x4D),
         (0x79, 0x4E), (0x69, 0x4F), (0x72, 0x50), (0x7A, 0x51), (0x70, 0x52), (0x71, 0x53), (0x84, 0x54),
         (0x61, 0x56), (0x78, 0x57), (0x07, 0x58),
+        // Japanese and Brazilian keys, and the keyboard's error code.
+        (0x13, 0x70), (0x51, 0x73), (0x6A, 0x7D), (0x64, 0x79), (0x67, 0x7B), (0x00, 0xFF),
     ]
     for (set2, set1) in pairs { table[Int(set2)] = set1 }
     return table
