@@ -26,7 +26,7 @@ let package = Package(
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "DMCore", "Backends"],
                     swiftSettings: strict),
         .testTarget(name: "BackendsTests", dependencies: ["Backends", "DMCore", "Config"], swiftSettings: strict),
-        .testTarget(name: "ConfigTests", dependencies: ["Config", "Machine"], swiftSettings: strict),
-        .testTarget(name: "IntegrationTests", dependencies: [], swiftSettings: strict),
+        .testTarget(name: "ConfigTests", dependencies: ["Config"], swiftSettings: strict),
+        .testTarget(name: "IntegrationTests", dependencies: ["swiftdm"], swiftSettings: strict),
     ]
 )

@@ -49,6 +49,21 @@ int sdm_kvm_set_msrs(int vcpu_fd, const uint32_t *indices, const uint64_t *value
     return r;
 }
 
+int sdm_kvm_set_irqchip_routing(int vm_fd, const uint32_t *gsi, const uint32_t *chip, const uint32_t *pin, int count) {
+    struct kvm_irq_routing *r = calloc(1, sizeof(*r) + (size_t)count * sizeof(struct kvm_irq_routing_entry));
+    if (!r) { errno = ENOMEM; return -1; }
+    r->nr = (uint32_t)count;
+    for (int i = 0; i < count; i++) {
+        r->entries[i].gsi = gsi[i];
+        r->entries[i].type = KVM_IRQ_ROUTING_IRQCHIP;
+        r->entries[i].u.irqchip.irqchip = chip[i];
+        r->entries[i].u.irqchip.pin = pin[i];
+    }
+    int ret = ioctl(vm_fd, KVM_SET_GSI_ROUTING, r);
+    free(r);
+    return ret;
+}
+
 void sdm_run_io(struct kvm_run *run, struct sdm_io_exit *out) {
     out->direction = run->io.direction; out->size = run->io.size; out->port = run->io.port;
     out->count = run->io.count; out->data_offset = run->io.data_offset;

@@ -64,6 +64,9 @@ public protocol Accelerator: AnyObject {
     /// Stops guest execution and returns once every vCPU is outside the guest.
     func pause()
     func resume()
+    /// Asks every vCPU to leave the guest and stay out, without waiting: callable from a vCPU
+    /// thread (a device that ends the VM from inside an exit, like isa-debug-exit).
+    func requestPause()
     /// Puts every vCPU into its power-on state (call while paused).
     func resetCPUs() throws
     /// Ends the vCPU threads for good.

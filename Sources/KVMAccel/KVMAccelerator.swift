@@ -45,6 +45,7 @@ public final class KVMAccelerator: Accelerator, InterruptSink, @unchecked Sendab
         var identity = Self.identityMapBase
         guard kvmIoctl(vmFD, sdm_KVM_SET_IDENTITY_MAP_ADDR(), &identity) == 0 else { throw KVMError("KVM_SET_IDENTITY_MAP_ADDR") }
         guard sdm_ioctl_int(vmFD, sdm_KVM_CREATE_IRQCHIP(), 0) == 0 else { throw KVMError("KVM_CREATE_IRQCHIP") }
+        try Self.routePCInterrupts(vmFD)
         var pit = kvm_pit_config()
         pit.flags = UInt32(KVM_PIT_SPEAKER_DUMMY)
         guard kvmIoctl(vmFD, sdm_KVM_CREATE_PIT2(), &pit) == 0 else { throw KVMError("KVM_CREATE_PIT2") }
@@ -54,6 +55,27 @@ public final class KVMAccelerator: Accelerator, InterruptSink, @unchecked Sendab
         for id in 0..<cpuCount {
             vcpus.append(try KVMVCPU(id: id, cpuCount: cpuCount, vmFD: vmFD, mmapSize: mmapSize, cpuid: cpuid,
                                      dispatcher: dispatcher, events: events, gate: gate))
+        }
+    }
+
+    /// The PC's wiring, as QEMU programs it: ISA IRQs 0-15 reach the PICs (except 2, the
+    /// cascade) and the IOAPIC pin of the same number, except that IRQ0 (the PIT) is wired to
+    /// IOAPIC pin 2 as the ACPI interrupt-source override says; GSIs 16-23 are IOAPIC-only.
+    static func routePCInterrupts(_ vmFD: Int32) throws(KVMError) {
+        var gsi: [UInt32] = [], chip: [UInt32] = [], pin: [UInt32] = []
+        func route(_ g: UInt32, _ c: Int32, _ p: UInt32) {
+            gsi.append(g)
+            chip.append(UInt32(c))
+            pin.append(p)
+        }
+        for irq: UInt32 in 0..<16 where irq != 2 {
+            route(irq, irq < 8 ? KVM_IRQCHIP_PIC_MASTER : KVM_IRQCHIP_PIC_SLAVE, irq % 8)
+        }
+        for line: UInt32 in 0..<24 where line != 2 {
+            route(line, KVM_IRQCHIP_IOAPIC, line == 0 ? 2 : line)
+        }
+        guard sdm_kvm_set_irqchip_routing(vmFD, gsi, chip, pin, Int32(gsi.count)) == 0 else {
+            throw KVMError("KVM_SET_GSI_ROUTING")
         }
     }
 
@@ -134,6 +156,10 @@ public final class KVMAccelerator: Accelerator, InterruptSink, @unchecked Sendab
     }
 
     public func resume() { gate.resume() }
+
+    public func requestPause() {
+        gate.requestPause { for v in vcpus { v.kick() } }
+    }
 
     public func resetCPUs() throws {
         for vcpu in vcpus { try vcpu.reset() }

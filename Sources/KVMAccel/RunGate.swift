@@ -53,6 +53,14 @@ final class RunGate: @unchecked Sendable {
         locked { paused = true }
     }
 
+    /// Requests a pause without waiting for it: safe from a vCPU thread in the middle of an exit.
+    func requestPause(kick: () -> Void) {
+        locked {
+            paused = true
+            kick()
+        }
+    }
+
     /// Requests a pause; `kick` is called for every vCPU under the lock (it sets the vCPU's
     /// immediate-exit flag and signals its thread). Returns once `count` vCPUs are parked.
     func pause(count: Int, kick: () -> Void) {

@@ -70,8 +70,10 @@ extension PCMachine {
 
         var extra: [AnyObject] = []
         if let spec = config.debugcon, let backend = try charBackend(shorthand: spec, option: "-debugcon", id: "debugcon") {
+            // SeaBIOS logs to 0x402; QEMU's -debugcon listens on 0xE9 (the Bochs port). Serve both.
             let console = DebugConsole(backend: backend)
-            try ports.register(console, base: 0x402, length: 1, name: "debugcon")
+            try ports.register(console, base: 0x402, length: 1, region: 0, name: "debugcon")
+            try ports.register(console, base: 0xE9, length: 1, region: 1, name: "debugcon (0xe9)")
             extra.append(console)
         }
         append(devices: [rtc, keyboard, port92, post] + uarts + extra)

@@ -50,9 +50,11 @@ extension PCMachine {
         return exitStatus.load(ordering: .acquiring)
     }
 
-    /// Ends the process with `status` once the main loop unwinds. Any thread.
+    /// Ends the process with `status` once the main loop unwinds. Any thread. The guest stops
+    /// executing at once, as when QEMU exits from inside a device.
     public func requestExit(status: Int32) {
         exitStatus.store(status, ordering: .releasing)
+        accelerator.requestPause()
         loop.stop()
     }
 

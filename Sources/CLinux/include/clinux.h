@@ -46,6 +46,9 @@ int sdm_kvm_set_cpuid(int vcpu_fd, const struct kvm_cpuid_entry2 *entries, int c
 // MSRs: same reason (struct kvm_msrs ends in a flexible array).
 int sdm_kvm_set_msrs(int vcpu_fd, const uint32_t *indices, const uint64_t *values, int count);
 
+// KVM_SET_GSI_ROUTING with irqchip routes only: GSI -> (chip, pin) for each entry.
+int sdm_kvm_set_irqchip_routing(int vm_fd, const uint32_t *gsi, const uint32_t *chip, const uint32_t *pin, int count);
+
 // struct kvm_run's exit payloads live in an anonymous union.
 struct sdm_io_exit { uint8_t direction; uint8_t size; uint16_t port; uint32_t count; uint64_t data_offset; };
 struct sdm_mmio_exit { uint64_t phys_addr; uint8_t *data; uint32_t len; uint8_t is_write; };

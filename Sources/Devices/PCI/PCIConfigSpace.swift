@@ -26,12 +26,17 @@ public struct PCIBARDefinition: Sendable, Equatable {
 /// bits) alone — which is what makes BAR size probing and read-only registers work.
 public struct PCIConfigSpace: Sendable {
     public static let size = 256
+    /// QEMU gives every function this subsystem ID unless a device sets its own, and SeaBIOS
+    /// checks for it on 00.0 to know it runs on QEMU's i440FX (and then takes QEMU's paths).
+    public static let qemuSubsystemVendor: UInt16 = 0x1AF4
+    public static let qemuSubsystem: UInt16 = 0x1100
     public private(set) var bytes = [UInt8](repeating: 0, count: size)
     public var writeMask = [UInt8](repeating: 0, count: size)
     public var writeOneToClearMask = [UInt8](repeating: 0, count: size)
 
     public init(vendor: UInt16, device: UInt16, revision: UInt8, classCode: UInt32,
-                headerType: UInt8 = 0, subsystemVendor: UInt16 = 0, subsystem: UInt16 = 0,
+                headerType: UInt8 = 0, subsystemVendor: UInt16 = Self.qemuSubsystemVendor,
+                subsystem: UInt16 = Self.qemuSubsystem,
                 interruptPin: UInt8 = 0, status: UInt16 = 0) {
         set16(0x00, vendor)
         set16(0x02, device)

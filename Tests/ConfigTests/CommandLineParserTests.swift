@@ -1,0 +1,136 @@
+import XCTest
+@testable import Config
+
+final class CommandLineParserTests: XCTestCase {
+    func config(_ arguments: [String]) throws -> VMConfig {
+        guard case .run(let config) = try CommandLineParser.parse(arguments) else {
+            XCTFail("expected a run action")
+            return VMConfig()
+        }
+        return config
+    }
+
+    func testTheIssuesCommandLine() throws {
+        let c = try config(["-M", "pc", "-m", "64", "-nodefaults", "-nographic", "-serial", "stdio"])
+        XCTAssertEqual(c.machineType, "pc")
+        XCTAssertEqual(c.memoryBytes, 64 << 20)
+        XCTAssertTrue(c.noDefaults)
+        XCTAssertTrue(c.noGraphic)
+        XCTAssertEqual(c.serials, ["stdio"])
+    }
+
+    func testDefaults() throws {
+        let c = try config([])
+        XCTAssertEqual(c.memoryBytes, 128 << 20)
+        XCTAssertEqual(c.smp.cpus, 1)
+        XCTAssertEqual(c.machineType, "pc")
+    }
+
+    func testSizesAndSMP() throws {
+        XCTAssertEqual(try config(["-m", "1G"]).memoryBytes, 1 << 30)
+        XCTAssertEqual(try config(["-m", "size=512M"]).memoryBytes, 512 << 20)
+        XCTAssertEqual(try config(["-m", "96"]).memoryBytes, 96 << 20)
+        let smp = try config(["-smp", "2,maxcpus=4"]).smp
+        XCTAssertEqual(smp.cpus, 2)
+        XCTAssertEqual(smp.maxCPUs, 4)
+        XCTAssertEqual(try config(["-smp", "sockets=2,cores=2"]).smp.cpus, 4)
+        XCTAssertEqual(try config(["-smp", "maxcpus=3"]).smp.cpus, 3)
+    }
+
+    func testMachinePropertiesAndDoubleDashSpellings() throws {
+        let c = try config(["--machine", "xenfv,suppress-vmdesc=on,max-ram-below-4g=1G", "--no-reboot", "-no-shutdown", "-S"])
+        XCTAssertEqual(c.machineType, "xenfv")
+        XCTAssertEqual(c.machineProperties.map(\.key), ["suppress-vmdesc", "max-ram-below-4g"])
+        XCTAssertTrue(c.noReboot && c.noShutdown && c.startPaused)
+    }
+
+    func testDevicesChardevsAndBoot() throws {
+        let c = try config(["-chardev", "socket,id=mon,path=/tmp/x,server=on,wait=off",
+                            "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
+                            "-boot", "order=cd,menu=on,reboot-timeout=500", "-debugcon", "file:/tmp/log", "-name", "guest=vm1"])
+        XCTAssertEqual(c.chardevs.count, 1)
+        XCTAssertEqual(c.devices.first?.entries.first?.value, "isa-debug-exit")
+        XCTAssertEqual(c.bootOrder, "cd")
+        XCTAssertEqual(c.bootMenu, true)
+        XCTAssertEqual(c.bootRebootTimeout, 500)
+        XCTAssertEqual(c.debugcon, "file:/tmp/log")
+        XCTAssertEqual(c.name, "vm1")
+    }
+
+    func testInformationalActions() throws {
+        XCTAssertEqual(try CommandLineParser.parse(["--help"]), .printHelp)
+        XCTAssertEqual(try CommandLineParser.parse(["-version"]), .printVersion)
+        XCTAssertEqual(try CommandLineParser.parse(["-M", "help"]), .listMachines)
+        XCTAssertEqual(try CommandLineParser.parse(["-device", "help"]), .listDevices)
+    }
+
+    func testErrorsNameTheOptionAndTheValue() {
+        let cases: [([String], String, String)] = [
+            (["-bogus"], "-bogus", ""),
+            (["-m", "lots"], "-m", "lots"),
+            (["-m", "0"], "-m", "0"),
+            (["-smp", "2,maxcpus=1"], "-smp", "2,maxcpus=1"),
+            (["-smp", "cpus=x"], "-smp", "cpus=x"),
+            (["-display", "sdl"], "-display", "sdl"),
+            (["-chardev", "socket,path=/x"], "-chardev", "socket,path=/x"),
+            (["-boot", "order=q"], "-boot", "order=q"),
+            (["-boot", "menu=maybe"], "-boot", "menu=maybe"),
+            (["-d", "everything"], "-d", "everything"),
+            (["-cpu", "486"], "-cpu", "486"),
+            (["-m"], "-m", ""),
+        ]
+        for (arguments, option, value) in cases {
+            XCTAssertThrowsError(try CommandLineParser.parse(arguments), "\(arguments)") { error in
+                guard let error = error as? ConfigError else { return XCTFail("typed error") }
+                XCTAssertEqual(error.option, option, "\(arguments)")
+                XCTAssertEqual(error.value, value, "\(arguments)")
+                XCTAssertFalse(error.description.contains("\n"))
+            }
+        }
+    }
+
+    func testHelpIsGeneratedFromTheTable() {
+        for option in CommandLineParser.options {
+            XCTAssertTrue(CommandLineParser.helpText.contains("-" + option.names[0]), option.names[0])
+        }
+    }
+}
+
+final class OptionListTests: XCTestCase {
+    func testImpliedKeyEscapedCommasAndFlags() throws {
+        var list = try OptionList(option: "-drive", text: "file=a,,b.img,readonly,noauto,if=ide", impliedKey: nil)
+        XCTAssertEqual(list.take("file"), "a,b.img")
+        XCTAssertEqual(try list.takeBool("readonly"), true)
+        XCTAssertEqual(try list.takeBool("auto"), false)
+        XCTAssertEqual(list.take("if"), "ide")
+        XCTAssertNoThrow(try list.rejectUnknown())
+        var device = try OptionList(option: "-device", text: "e1000,id=n0,mac=52:54:00:12:34:56", impliedKey: "driver")
+        XCTAssertEqual(device.take("driver"), "e1000")
+        XCTAssertEqual(device.take("id"), "n0")
+        XCTAssertThrowsError(try device.rejectUnknown()) { error in
+            XCTAssertTrue((error as? ConfigError)?.reason.contains("mac") ?? false)
+        }
+    }
+
+    func testLaterValuesWinAndBadValuesAreNamed() throws {
+        var list = try OptionList(option: "-x", text: "a=1,a=2,n=0x10,s=2G,b=perhaps")
+        XCTAssertEqual(list.take("a"), "2")
+        XCTAssertEqual(try list.takeUInt("n"), 16)
+        XCTAssertEqual(try list.takeSize("s"), 2 << 30)
+        XCTAssertThrowsError(try list.takeBool("b"))
+        XCTAssertThrowsError(try OptionList(option: "-x", text: "=value"))
+        var overflow = try OptionList(option: "-x", text: "s=99999999999999999999T,n=300")
+        XCTAssertThrowsError(try overflow.takeSize("s"))
+        XCTAssertThrowsError(try overflow.takeUInt("n", max: 255))
+    }
+
+    func testSizes() {
+        XCTAssertEqual(parseSize("64", defaultUnit: 1 << 20), 64 << 20)
+        XCTAssertEqual(parseSize("4k"), 4096)
+        XCTAssertEqual(parseSize("0x1000"), 4096)
+        XCTAssertNil(parseSize(""))
+        XCTAssertNil(parseSize("M"))
+        XCTAssertNil(parseSize("-1"))
+        XCTAssertNil(parseSize("\(UInt64.max)T"))
+    }
+}
