@@ -259,3 +259,11 @@ final class CMOSRTCTests: XCTestCase {
         }
     }
 }
+
+extension CMOSRTCTests {
+    func testPS2CenturyByteAliasesCentury() {
+        rtc.writeByte(0, 0x37)
+        XCTAssertEqual(rtc.readByte(1), 0x20)
+        XCTAssertEqual(rtc.readByte(1), 0x20, "the index now points at 0x32")
+    }
+}

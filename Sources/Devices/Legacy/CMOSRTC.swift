@@ -34,8 +34,9 @@ public func hostRealtimeNanoseconds() -> Int64 {
 ///
 /// Interrupts (IRQ 8, level; register C reads clear it): periodic at the rate in A (rates 1-2
 /// behave as 8-9), update-ended at each second edge, alarm with 0xC0-0xFF as "don't care".
-/// Simplifications: PF is only set while B.PIE is on (the periodic timer idles otherwise); no
-/// lost-tick compensation (QEMU's `lost_tick_policy=slew`); DSE is ignored.
+/// As in QEMU, PF is only set while B.PIE is on (the periodic timer idles otherwise), and index
+/// 0x37 (the PS/2 century byte) is redirected to 0x32. Not modelled: lost-tick compensation
+/// (QEMU's `lost_tick_policy=slew`), daylight saving (DSE), the square-wave output.
 public final class CMOSRTC: BusDevice, Snapshottable, Resettable, @unchecked Sendable {
     public let stateID: String
     public let stateVersion: UInt32 = 1
@@ -45,6 +46,8 @@ public final class CMOSRTC: BusDevice, Snapshottable, Resettable, @unchecked Sen
         static let hours = 0x04, hoursAlarm = 0x05, weekday = 0x06, day = 0x07, month = 0x08, year = 0x09
         static let a = 0x0A, b = 0x0B, c = 0x0C, d = 0x0D
         static let century = 0x32
+        /// PS/2 machines kept the century here; QEMU redirects it to 0x32.
+        static let ps2Century = 0x37
     }
     enum A {
         static let updateInProgress: UInt8 = 0x80
@@ -281,6 +284,7 @@ public final class CMOSRTC: BusDevice, Snapshottable, Resettable, @unchecked Sen
 
     private func readByte(at port: UInt64) -> UInt8 {
         guard port == 1 else { return 0xFF }  // the index port is write-only
+        if index == Index.ps2Century { index = Index.century }
         switch index {
         case Index.a:
             var value = cmos[Index.a] & ~A.updateInProgress
@@ -309,11 +313,13 @@ public final class CMOSRTC: BusDevice, Snapshottable, Resettable, @unchecked Sen
             index = Int(value & 0x7F)
             return
         }
+        if index == Index.ps2Century { index = Index.century }
         switch index {
         case Index.a:
             let wasRunning = isRunning
             if wasRunning { refreshTimeRegisters() }
-            let dividerReleased = !dividerRunning(cmos[Index.a]) && dividerRunning(value)
+            // Only leaving divider reset (DV = 11x) delays the first update, as in QEMU.
+            let dividerReleased = cmos[Index.a] & 0x60 == 0x60 && dividerRunning(value)
             cmos[Index.a] = value & ~A.updateInProgress
             if !wasRunning && isRunning {
                 // Out of divider reset the first update comes half a second later.
