@@ -154,11 +154,22 @@ final class I8042Tests: XCTestCase {
     }
 
     func testAuxDisableHoldsMouseBytes() {
+        command(0xD4); data(0xF2)
+        command(0xA7)
+        XCTAssertEqual(drain(), [0xFA], "the byte already in the buffer stays readable")
+        XCTAssertEqual(status & 0x01, 0, "the rest is held back")
+        command(0xA8)
+        XCTAssertEqual(drain(), [0x00])
         command(0xA7)
         command(0xD4); data(0xF2)
-        XCTAssertEqual(status & 0x01, 0)
-        command(0xA8)
-        XCTAssertEqual(drain(), [0xFA, 0x00])
+        XCTAssertEqual(drain(), [0xFA, 0x00], "writing to the mouse re-enables its interface (QEMU)")
+    }
+
+    func testVectraA20Commands() {
+        command(0xDD)
+        command(0xDF)
+        XCTAssertEqual(a20, [false, true])
+        XCTAssertEqual(resets, 0)
     }
 
     func testWriteToOutputBuffers() {

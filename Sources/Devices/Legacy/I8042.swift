@@ -224,6 +224,9 @@ public final class I8042: BusDevice, Snapshottable, Resettable, @unchecked Senda
             reply(0x80)  // input port: keyboard not locked
         case 0xD0:
             reply(currentOutputPort)
+        case 0xDD, 0xDF:
+            // HP Vectra-style A20 control, which QEMU also accepts.
+            writeOutputPort(command == 0xDF ? outputPort | OutputPort.a20 : outputPort & ~OutputPort.a20)
         case 0xE0:
             reply(0x00)  // test inputs
         case 0xF0...0xFF:
@@ -256,6 +259,8 @@ public final class I8042: BusDevice, Snapshottable, Resettable, @unchecked Senda
         case .writeAuxOutput:
             reply(byte, aux: true)
         case .writeToAux:
+            // Talking to the mouse re-enables its interface, as QEMU does.
+            commandByte &= ~CommandByte.auxDisabled
             mouse.write(byte)
             refillOutput()
         case nil:
