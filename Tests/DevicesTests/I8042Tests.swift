@@ -97,6 +97,12 @@ final class I8042Tests: XCTestCase {
         XCTAssertEqual(drain(), [0xFE], "unknown keyboard command")
         data(0xF6)
         XCTAssertEqual(drain(), [0xFA])
+        data(0xF8)
+        XCTAssertEqual(drain(), [0xFA], "set-3 key-type commands are acknowledged")
+        command(0x60)
+        data(0x43)
+        data(0xF0); data(0x00)
+        XCTAssertEqual(drain(), [0xFA, 0x41], "set 2 reported through the translator, as QEMU")
     }
 
     func testScanningAndTranslation() {

@@ -345,7 +345,8 @@ enum PS2Reply {
 }
 
 /// A PS/2 keyboard's command set: reset, identify, LEDs, typematic, scanning on/off,
-/// defaults, echo, scan-code set. Anything else is answered with "resend" (0xFE).
+/// defaults, echo, scan-code set; 0xF7-0xFD are acknowledged. Anything else is answered with
+/// "resend" (0xFE) like a real keyboard (QEMU acknowledges unknown commands instead).
 struct PS2Keyboard {
     var queue = Ring<UInt8>(capacity: I8042.deviceQueueCapacity)
     /// A command waiting for its argument byte (0xED, 0xF3, 0xF0).
@@ -430,6 +431,10 @@ struct PS2Keyboard {
             setDefaults()
             scanning = true
             send(PS2Reply.ack, PS2Reply.selfTestPassed)
+        case 0xF7...0xFD:
+            // Scan-set-3 key-type commands: acknowledged (and ignored) by an MF2 keyboard, and
+            // by QEMU, which acknowledges every command it does not know.
+            send(PS2Reply.ack)
         default:
             send(PS2Reply.resend)
         }
@@ -623,6 +628,8 @@ let setOneTranslation: [UInt8] = {
         (0x61, 0x56), (0x78, 0x57), (0x07, 0x58),
         // Japanese and Brazilian keys, and the keyboard's error code.
         (0x13, 0x70), (0x51, 0x73), (0x6A, 0x7D), (0x64, 0x79), (0x67, 0x7B), (0x00, 0xFF),
+        // 0x02 (an alternate F7 code): it also makes the scan-set report for set 2 read 0x41.
+        (0x02, 0x41),
     ]
     for (set2, set1) in pairs { table[Int(set2)] = set1 }
     return table
