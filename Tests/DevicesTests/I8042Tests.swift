@@ -102,7 +102,7 @@ final class I8042Tests: XCTestCase {
         command(0x60)
         data(0x43)
         data(0xF0); data(0x00)
-        XCTAssertEqual(drain(), [0xFA, 0x41], "set 2 reported through the translator, as QEMU")
+        XCTAssertEqual(drain(), [0xFA, 0xFA, 0x41], "set 2 reported through the translator, as QEMU")
     }
 
     func testScanningAndTranslation() {
