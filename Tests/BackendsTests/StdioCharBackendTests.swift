@@ -28,7 +28,7 @@ final class StdioCharBackendTests: XCTestCase {
         XCTAssertNotEqual(before.c_lflag & tcflag_t(ICANON), 0, "a fresh pty starts cooked")
 
         let loop = ManualLoop()
-        let stdio = StdioCharBackend(id: "serial0", loop: loop, inputFD: slave, outputFD: slave)
+        let stdio = try StdioCharBackend(id: "serial0", loop: loop, inputFD: slave, outputFD: slave)
         var during = termios()
         XCTAssertEqual(tcgetattr(slave, &during), 0)
         XCTAssertEqual(during.c_lflag & tcflag_t(ICANON | ECHO), 0, "raw input")
@@ -56,7 +56,7 @@ final class StdioCharBackendTests: XCTestCase {
     func testSignalOffDisablesISIG() throws {
         let (master, slave) = try openPty()
         defer { close(master); close(slave) }
-        let stdio = StdioCharBackend(id: "s", loop: ManualLoop(), allowSignals: false, inputFD: slave, outputFD: slave)
+        let stdio = try StdioCharBackend(id: "s", loop: ManualLoop(), allowSignals: false, inputFD: slave, outputFD: slave)
         var during = termios()
         XCTAssertEqual(tcgetattr(slave, &during), 0)
         XCTAssertEqual(during.c_lflag & tcflag_t(ISIG), 0)
@@ -65,12 +65,23 @@ final class StdioCharBackendTests: XCTestCase {
         XCTAssertNotEqual(during.c_lflag & tcflag_t(ISIG), 0)
     }
 
+    func testOnlyOneBackendOwnsStdin() throws {
+        let loop = ManualLoop()
+        let first = try makeCharBackend(id: "serial0", spec: .stdio(allowSignals: true), loop: loop)
+        XCTAssertThrowsError(try makeCharBackend(id: "debugcon", spec: .stdio(allowSignals: true), loop: loop)) {
+            XCTAssertTrue("\($0)".contains("multiple"))
+        }
+        first.close()
+        let again = try makeCharBackend(id: "serial0", spec: .stdio(allowSignals: true), loop: loop)
+        again.close()
+    }
+
     func testNonTerminalStdinIsLeftAlone() throws {
         var fds: [Int32] = [0, 0]
         XCTAssertEqual(pipe(&fds), 0)
         defer { close(fds[0]); close(fds[1]) }
         let loop = ManualLoop()
-        let stdio = StdioCharBackend(id: "s", loop: loop, inputFD: fds[0], outputFD: fds[1])
+        let stdio = try StdioCharBackend(id: "s", loop: loop, inputFD: fds[0], outputFD: fds[1])
         let guest = RecordingFrontend()
         stdio.attach(guest)
         stdio.write(byte: 0x41)

@@ -161,7 +161,7 @@ public func makeCharBackend(id: String, spec: CharBackendSpec, loop: any CharBac
     case .null, .none:
         return NullCharBackend(id: id)
     case .stdio(let allowSignals):
-        return StdioCharBackend(id: id, loop: loop, allowSignals: allowSignals)
+        return try StdioCharBackend(id: id, loop: loop, allowSignals: allowSignals)
     case let .file(path, append):
         return try FileCharBackend(id: id, path: path, append: append)
     case .pty:

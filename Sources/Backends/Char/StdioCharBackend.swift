@@ -1,4 +1,5 @@
 import DMCore
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -14,6 +15,9 @@ import Glibc
 /// our parent (a shell would inherit O_NONBLOCK); instead each readiness gets one read, and a
 /// write happens only when the descriptor reports room (regular files always do), so a stalled
 /// reader makes us drop output rather than stall a vCPU.
+///
+/// Only one backend may own the real stdin at a time (QEMU: "cannot use stdio by multiple
+/// character devices"): two would race for input and restore the terminal in the wrong order.
 public final class StdioCharBackend: CharBackend, @unchecked Sendable {
     public let id: String
     public var filename: String { "stdio" }
@@ -22,13 +26,23 @@ public final class StdioCharBackend: CharBackend, @unchecked Sendable {
     private let outputIsRegularFile: Bool
     private var savedTerminal: termios?
     private var pump: InputPump?
+    private var ownsStdin = false
+    private static let stdinClaimed = Mutex(false)
 
     /// `inputFD`/`outputFD` are stdin/stdout except in tests.
     public init(id: String, loop: any CharBackendLoop, allowSignals: Bool = true,
-                inputFD: Int32 = 0, outputFD: Int32 = 1) {
+                inputFD: Int32 = 0, outputFD: Int32 = 1) throws(CharBackendError) {
         self.id = id
         self.inputFD = inputFD
         self.outputFD = outputFD
+        if inputFD == 0 {
+            let claimed = Self.stdinClaimed.withLock { taken in
+                defer { taken = true }
+                return !taken
+            }
+            guard claimed else { throw CharBackendError(id: id, reason: "cannot use stdio by multiple character devices") }
+            ownsStdin = true
+        }
         var info = stat()
         outputIsRegularFile = fstat(outputFD, &info) == 0 && info.st_mode & S_IFMT == S_IFREG
         if isatty(inputFD) == 1 {
@@ -76,5 +90,11 @@ public final class StdioCharBackend: CharBackend, @unchecked Sendable {
         pump?.stop()
         pump = nil
         restoreTerminal()
+        if ownsStdin {
+            Self.stdinClaimed.withLock { $0 = false }
+            ownsStdin = false
+        }
     }
+
+    deinit { close() }
 }
