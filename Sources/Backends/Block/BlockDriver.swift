@@ -1,0 +1,186 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public enum BlockFormat: String, Sendable, CaseIterable {
+    case raw, qcow2
+}
+
+/// How a range of an image is stored, for `convert` (skip what reads as zero) and `map`.
+public enum BlockAllocation: Sendable, Equatable {
+    /// Data in this image (or, for raw, in the host file).
+    case data
+    /// Reads as zeroes without data behind it (qcow2 zero cluster, raw hole).
+    case zero
+    /// Not in this image: reads come from the backing file, or zeroes without one.
+    case unallocated
+}
+
+/// One image format over one file, the synchronous core every path uses: the worker pool
+/// behind the asynchronous API, `swiftdm-img`, tests and the fuzzer.
+///
+/// Drivers are safe to call from several threads at once. Ranges are validated by
+/// `BlockBackend` before they get here; drivers still never touch bytes outside their files.
+public protocol BlockDriver: AnyObject, Sendable {
+    var path: String { get }
+    var format: BlockFormat { get }
+    /// The guest-visible size in bytes.
+    var size: UInt64 { get }
+    var isReadOnly: Bool { get }
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(BlockError)
+    func write(from buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(BlockError)
+    /// Makes every completed write durable (per the cache mode).
+    func flush() throws(BlockError)
+    /// The range no longer needs its contents; reads may return zeroes or older data.
+    func discard(at offset: UInt64, length: UInt64) throws(BlockError)
+    /// The range reads as zeroes afterwards, deallocated where the format can.
+    func writeZeroes(at offset: UInt64, length: UInt64) throws(BlockError)
+    /// The storage of the run starting at `offset`, and its length (1...length bytes).
+    func allocation(at offset: UInt64, length: UInt64) throws(BlockError) -> (BlockAllocation, UInt64)
+    func resize(to newSize: UInt64) throws(BlockError)
+    /// Writes back everything and releases the file (and its locks). Idempotent.
+    func close() throws(BlockError)
+}
+
+/// How to open an image. `format` decides; probing the content happens only when `format` is
+/// nil and `allowProbing` is set, as QEMU recommends (a guest can write a qcow2 header into
+/// a raw disk and so reach host files through a "backing file").
+public struct BlockOpenOptions: Sendable {
+    public var format: BlockFormat?
+    public var allowProbing: Bool
+    public var readOnly: Bool
+    public var cache: CacheMode
+    /// QEMU-compatible byte-range locks; `locking=off` / `-U` turns them off.
+    public var locking: Bool
+    /// Open the image without its backing file (reads of unallocated clusters give zeroes);
+    /// used by `info` and `check`, which do not need the chain.
+    public var skipBacking: Bool
+    /// L2 tables kept in memory per qcow2 image.
+    public var l2CacheTables: Int
+
+    public init(format: BlockFormat?, readOnly: Bool = false, cache: CacheMode = .writeback,
+                locking: Bool = true, allowProbing: Bool = false, skipBacking: Bool = false,
+                l2CacheTables: Int = 32) {
+        self.format = format
+        self.readOnly = readOnly
+        self.cache = cache
+        self.locking = locking
+        self.allowProbing = allowProbing
+        self.skipBacking = skipBacking
+        self.l2CacheTables = l2CacheTables
+    }
+}
+
+/// Limits that keep a hostile chain of images from exhausting the host.
+public enum BlockLimits {
+    public static let maxBackingChainDepth = 16
+}
+
+/// The identity of an open file, to detect a backing chain that loops back on itself.
+struct FileIdentity: Hashable, Sendable {
+    let device: UInt64
+    let inode: UInt64
+
+    init(path: String) throws(BlockError) {
+        var info = stat()
+        guard stat(path, &info) == 0 else { throw .system(operation: "stat", path: path, errno: errno) }
+        device = UInt64(info.st_dev)
+        inode = UInt64(info.st_ino)
+    }
+}
+
+public enum BlockDrivers {
+    /// Opens `path` with the format the options name (or probe, if allowed), backing chain
+    /// included.
+    public static func open(path: String, options: BlockOpenOptions) throws(BlockError) -> any BlockDriver {
+        try open(path: path, options: options, chain: [])
+    }
+
+    static func open(path: String, options: BlockOpenOptions, chain: [FileIdentity]) throws(BlockError) -> any BlockDriver {
+        guard chain.count <= BlockLimits.maxBackingChainDepth else {
+            throw .invalidImage(path: path, reason: "backing chain deeper than \(BlockLimits.maxBackingChainDepth) images")
+        }
+        let identity = try FileIdentity(path: path)
+        guard !chain.contains(identity) else {
+            throw .invalidImage(path: path, reason: "backing chain loops back to this image")
+        }
+        let format: BlockFormat
+        if let chosen = options.format {
+            format = chosen
+        } else if options.allowProbing {
+            format = try probe(path: path)
+        } else {
+            throw .invalidArgument("\(path): no format given (format=raw or format=qcow2); probing was not requested")
+        }
+        let file = try BlockFile(path: path, readOnly: options.readOnly, cache: options.cache,
+                                 lock: options.locking ? (options.readOnly ? .shared : .exclusiveWriter) : nil)
+        switch format {
+        case .raw:
+            return try RawDriver(file: file)
+        case .qcow2:
+            return try Qcow2Image(file: file, options: options, chain: chain + [identity])
+        }
+    }
+
+    /// qcow2 if the file starts with qcow2's magic, raw otherwise.
+    public static func probe(path: String) throws(BlockError) -> BlockFormat {
+        let file = try BlockFile(path: path, readOnly: true, lock: nil)
+        defer { file.close() }
+        let head = try file.read(at: 0, count: 4)
+        return head == Qcow2Layout.magic ? .qcow2 : .raw
+    }
+
+    /// Resolves a backing file name as qemu-img does: absolute names as they are, relative ones
+    /// against the directory of the image that names them.
+    public static func resolveBackingPath(_ name: String, relativeTo imagePath: String) -> String {
+        if name.hasPrefix("/") { return name }
+        guard let slash = imagePath.lastIndex(of: "/") else { return name }
+        return String(imagePath[...slash]) + name
+    }
+}
+
+/// A raw image: the guest sees the host file (or block device) byte for byte.
+public final class RawDriver: BlockDriver, @unchecked Sendable {
+    public let file: BlockFile
+    public var path: String { file.path }
+    public var format: BlockFormat { .raw }
+    public var isReadOnly: Bool { file.isReadOnly }
+    public private(set) var size: UInt64
+
+    init(file: BlockFile) throws(BlockError) {
+        self.file = file
+        size = try file.fileSize()
+    }
+
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(BlockError) {
+        try file.read(into: buffer, at: offset)
+    }
+
+    public func write(from buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(BlockError) {
+        try file.write(from: buffer, at: offset)
+    }
+
+    public func flush() throws(BlockError) { try file.flush() }
+
+    public func discard(at offset: UInt64, length: UInt64) throws(BlockError) {
+        guard !isReadOnly else { throw .readOnly(path: path) }
+        if !file.isBlockDevice { file.punchHole(at: offset, length: length) }
+    }
+
+    public func writeZeroes(at offset: UInt64, length: UInt64) throws(BlockError) {
+        try file.writeZeroes(at: offset, length: length)
+    }
+
+    public func allocation(at offset: UInt64, length: UInt64) throws(BlockError) -> (BlockAllocation, UInt64) {
+        if file.isBlockDevice { return (.data, length) }
+        let run = file.dataRun(at: offset, length: length)
+        return (run.isData ? .data : .zero, max(run.length, 1))
+    }
+
+    public func resize(to newSize: UInt64) throws(BlockError) {
+        try file.truncate(to: newSize)
+        size = newSize
+    }
+
+    public func close() throws(BlockError) { file.close() }
+}
