@@ -9,6 +9,7 @@ let package = Package(
     name: "SwiftDM",
     products: [
         .executable(name: "swiftdm", targets: ["swiftdm"]),
+        .executable(name: "swiftdm-img", targets: ["swiftdm-img"]),
     ],
     targets: [
         .target(name: "CLinux", path: "Sources/CLinux"),
@@ -28,5 +29,7 @@ let package = Package(
         .testTarget(name: "BackendsTests", dependencies: ["Backends", "DMCore", "Config"], swiftSettings: strict),
         .testTarget(name: "ConfigTests", dependencies: ["Config"], swiftSettings: strict),
         .testTarget(name: "IntegrationTests", dependencies: ["swiftdm"], swiftSettings: strict),
+        .executableTarget(name: "swiftdm-img", dependencies: ["Backends", "Config"], swiftSettings: strict),
+        .testTarget(name: "BlockTests", dependencies: ["Backends", "DMCore"], swiftSettings: strict),
     ]
 )
