@@ -40,7 +40,16 @@ public final class Bus: @unchecked Sendable {
     public let name: String
     /// What a read of an address no device claims returns (ports: all ones, as on a PC).
     public let unassignedValue: UInt64
-    public private(set) var mappings: [Mapping] = []
+    public private(set) var mappings: [Mapping] = [] {
+        didSet {
+            starts = mappings.map(\.base)
+            lasts = mappings.map(\.last)
+        }
+    }
+    /// The windows' bounds on their own, so the per-access search touches plain integers and
+    /// no reference counts.
+    private var starts: [UInt64] = []
+    private var lasts: [UInt64] = []
     /// Called for accesses no device claims; the machine logs them as guest errors.
     public var onUnassigned: ((_ address: UInt64, _ size: Int, _ write: Bool, _ value: UInt64) -> Void)?
 
@@ -71,20 +80,31 @@ public final class Bus: @unchecked Sendable {
     }
 
     public func mapping(containing address: UInt64) -> Mapping? {
-        var low = 0, high = mappings.count
+        index(containing: address).map { mappings[$0] }
+    }
+
+    @inline(__always)
+    private func index(containing address: UInt64) -> Int? {
+        var low = 0, high = starts.count
         while low < high {
             let mid = (low + high) / 2
-            let m = mappings[mid]
-            if address < m.base { high = mid } else if address > m.last { low = mid + 1 } else { return m }
+            if address < starts[mid] { high = mid } else if address > lasts[mid] { low = mid + 1 } else { return mid }
         }
         return nil
+    }
+
+    /// The window that holds all of [address, address + size), if one does.
+    @inline(__always)
+    private func index(holding address: UInt64, size: Int) -> Int? {
+        guard let i = index(containing: address), UInt64(size) - 1 <= lasts[i] - address else { return nil }
+        return i
     }
 
     /// Reads `size` bytes at `address`. An access that straddles a window's edge is split into
     /// byte accesses, so no device ever sees an offset outside the window it registered.
     public func read(_ address: UInt64, size: Int) -> UInt64 {
-        if let m = mapping(containing: address), fits(m, address, size) {
-            return m.device.read(region: m.region, offset: address - m.base, size: size)
+        if let i = index(holding: address, size: size) {
+            return mappings[i].device.read(region: mappings[i].region, offset: address - starts[i], size: size)
         }
         if size == 1 || !intersectsAny(address, size) {
             onUnassigned?(address, size, false, 0)
@@ -98,8 +118,9 @@ public final class Bus: @unchecked Sendable {
     }
 
     public func write(_ address: UInt64, size: Int, value: UInt64) {
-        if let m = mapping(containing: address), fits(m, address, size) {
-            m.device.write(region: m.region, offset: address - m.base, size: size, value: value & mask(size))
+        if let i = index(holding: address, size: size) {
+            mappings[i].device.write(region: mappings[i].region, offset: address - starts[i], size: size,
+                                     value: value & mask(size))
             return
         }
         if size == 1 || !intersectsAny(address, size) {
@@ -111,13 +132,8 @@ public final class Bus: @unchecked Sendable {
         }
     }
 
-    @inline(__always)
-    private func fits(_ m: Mapping, _ address: UInt64, _ size: Int) -> Bool {
-        UInt64(size) - 1 <= m.last - address
-    }
-
     private func intersectsAny(_ address: UInt64, _ size: Int) -> Bool {
-        (0..<UInt64(size)).contains { mapping(containing: address &+ $0) != nil }
+        (0..<UInt64(size)).contains { index(containing: address &+ $0) != nil }
     }
 
     private func insertionIndex(for base: UInt64) -> Int {

@@ -97,10 +97,15 @@ final class KVMVCPU: @unchecked Sendable {
     private func runLoop() {
         let signals = [Self.kickSignal]
         _ = sdm_sigmask(SIG_UNBLOCK, signals, 1)
-        while gate.checkpoint(clearKick: { run.pointee.immediate_exit = 0 }) {
+        var kicked = true
+        while gate.checkpoint(kicked: kicked, clearKick: { run.pointee.immediate_exit = 0 }) {
+            kicked = false
             if sdm_ioctl_int(fd, sdm_KVM_RUN(), 0) < 0 {
                 let error = errno
-                if error == EINTR || error == EAGAIN { continue }
+                if error == EINTR || error == EAGAIN {
+                    kicked = true
+                    continue
+                }
                 fail("KVM_RUN failed: \(String(cString: strerror(error)))")
                 continue
             }

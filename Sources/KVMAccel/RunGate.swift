@@ -1,3 +1,4 @@
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -8,12 +9,20 @@ import Glibc
 final class RunGate: @unchecked Sendable {
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
-    private var paused: Bool
-    private var stopped = false
+    private var paused: Bool {
+        didSet { attention.store(paused || stopped, ordering: .releasing) }
+    }
+    private var stopped = false {
+        didSet { attention.store(paused || stopped, ordering: .releasing) }
+    }
     private var parked = 0
+    /// Mirrors `paused || stopped` so the per-exit check needs no lock. A pauser sets it
+    /// before kicking, so a vCPU that misses it still leaves the guest at once.
+    private let attention = Atomic<Bool>(true)
 
     init(paused: Bool) {
         self.paused = paused
+        attention.store(paused, ordering: .releasing)
         pthread_mutex_init(mutex, nil)
         pthread_cond_init(condition, nil)
     }
@@ -32,10 +41,13 @@ final class RunGate: @unchecked Sendable {
     }
 
     /// Called by a vCPU before entering the guest. Blocks while paused; returns false when the
-    /// vCPU must end. `armed` runs under the gate's lock once the vCPU may run, so the
+    /// vCPU must end. `clearKick` runs under the gate's lock once the vCPU may run, so the
     /// "leave the guest at once" flag is cleared only while no pause can slip in between.
-    func checkpoint(clearKick: () -> Void) -> Bool {
-        locked {
+    /// The lock is skipped when nothing is pending, unless the vCPU was just kicked (its
+    /// immediate-exit flag may still be set from a pause that has already ended).
+    func checkpoint(kicked: Bool, clearKick: () -> Void) -> Bool {
+        if !kicked && !attention.load(ordering: .acquiring) { return true }
+        return locked {
             if paused && !stopped {
                 parked += 1
                 pthread_cond_broadcast(condition)

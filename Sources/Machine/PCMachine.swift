@@ -157,5 +157,7 @@ public final class PCMachine: @unchecked Sendable {
             }
         }
         events.machine = self
+        let stopping = accelerator
+        events.stopGuest = { stopping.requestPause() }
     }
 }

@@ -11,16 +11,21 @@ import Glibc
 final class MachineEvents: AcceleratorEvents, @unchecked Sendable {
     let loop: EventLoop
     weak var machine: PCMachine?
+    /// Takes the guest off its CPUs without waiting. A guest that asks for a reset or power-off
+    /// must not run on while the main loop gets to the request (QEMU stops the CPU at once too).
+    var stopGuest: () -> Void = {}
 
     init(loop: EventLoop) {
         self.loop = loop
     }
 
     func resetRequested(cause: ShutdownCause) {
+        stopGuest()
         loop.postUnlocked { [weak self] in self?.machine?.handleReset(cause: cause) }
     }
 
     func shutdownRequested(cause: ShutdownCause) {
+        stopGuest()
         loop.postUnlocked { [weak self] in self?.machine?.handleShutdown(cause: cause) }
     }
 
@@ -96,9 +101,11 @@ extension PCMachine {
             handleFatal("reset failed: \(error)")
             return
         }
-        if wasRunning || runState == .shutdown {
-            runState = .running
+        // As QEMU: a running VM runs on after a reset; a stopped one waits in prelaunch.
+        if wasRunning {
             accelerator.resume()
+        } else {
+            runState = .prelaunch
         }
     }
 
