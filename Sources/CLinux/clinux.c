@@ -15,6 +15,7 @@ REQ(KVM_SET_IDENTITY_MAP_ADDR) REQ(KVM_CREATE_IRQCHIP) REQ(KVM_CREATE_PIT2) REQ(
 REQ(KVM_SIGNAL_MSI) REQ(KVM_RUN) REQ(KVM_GET_REGS) REQ(KVM_SET_REGS) REQ(KVM_GET_SREGS)
 REQ(KVM_SET_SREGS) REQ(KVM_SET_MP_STATE) REQ(KVM_GET_LAPIC) REQ(KVM_SET_LAPIC) REQ(KVM_SET_FPU)
 REQ(KVM_SET_MSRS) REQ(KVM_ENABLE_CAP) REQ(KVM_SET_CLOCK)
+REQ(KVM_GET_IRQCHIP) REQ(KVM_SET_IRQCHIP) REQ(KVM_GET_PIT2) REQ(KVM_SET_PIT2)
 
 int sdm_ioctl(int fd, unsigned long request, void *arg) { return ioctl(fd, request, arg); }
 int sdm_ioctl_int(int fd, unsigned long request, unsigned long arg) { return ioctl(fd, request, arg); }

@@ -67,8 +67,9 @@ public protocol Accelerator: AnyObject {
     /// Asks every vCPU to leave the guest and stay out, without waiting: callable from a vCPU
     /// thread (a device that ends the VM from inside an exit, like isa-debug-exit).
     func requestPause()
-    /// Puts every vCPU into its power-on state (call while paused).
-    func resetCPUs() throws
+    /// Puts every vCPU, and any interrupt controller or timer the accelerator emulates itself,
+    /// into its power-on state (call while paused).
+    func reset() throws
     /// Ends the vCPU threads for good.
     func stop()
 }

@@ -19,6 +19,10 @@ public final class KVMAccelerator: Accelerator, InterruptSink, @unchecked Sendab
     private var vcpus: [KVMVCPU] = []
     private let gate: RunGate
     private let slots = Mutex<[SlotEntry]>([])
+    /// The in-kernel PICs, IOAPIC and PIT as created, restored on every system reset so no
+    /// interrupt routing or timer programming survives a reboot.
+    private var powerOnIRQChips: [kvm_irqchip] = []
+    private var powerOnPIT = kvm_pit_state2()
     public var interrupts: any InterruptSink { self }
 
     struct SlotEntry: Equatable {
@@ -49,6 +53,14 @@ public final class KVMAccelerator: Accelerator, InterruptSink, @unchecked Sendab
         var pit = kvm_pit_config()
         pit.flags = UInt32(KVM_PIT_SPEAKER_DUMMY)
         guard kvmIoctl(vmFD, sdm_KVM_CREATE_PIT2(), &pit) == 0 else { throw KVMError("KVM_CREATE_PIT2") }
+
+        for chip in [KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQCHIP_IOAPIC] {
+            var state = kvm_irqchip()
+            state.chip_id = UInt32(chip)
+            guard kvmIoctl(vmFD, sdm_KVM_GET_IRQCHIP(), &state) == 0 else { throw KVMError("KVM_GET_IRQCHIP") }
+            powerOnIRQChips.append(state)
+        }
+        guard kvmIoctl(vmFD, sdm_KVM_GET_PIT2(), &powerOnPIT) == 0 else { throw KVMError("KVM_GET_PIT2") }
 
         let cpuid = try system.supportedCPUID()
         let mmapSize = try system.vcpuMmapSize()
@@ -161,7 +173,12 @@ public final class KVMAccelerator: Accelerator, InterruptSink, @unchecked Sendab
         gate.requestPause { for v in vcpus { v.kick() } }
     }
 
-    public func resetCPUs() throws {
+    public func reset() throws {
+        for var chip in powerOnIRQChips {
+            guard kvmIoctl(vmFD, sdm_KVM_SET_IRQCHIP(), &chip) == 0 else { throw KVMError("KVM_SET_IRQCHIP") }
+        }
+        var pit = powerOnPIT
+        guard kvmIoctl(vmFD, sdm_KVM_SET_PIT2(), &pit) == 0 else { throw KVMError("KVM_SET_PIT2") }
         for vcpu in vcpus { try vcpu.reset() }
     }
 

@@ -96,7 +96,7 @@ extension PCMachine {
             for case let device as any Resettable in devices { device.reset() }
         }
         do {
-            try accelerator.resetCPUs()
+            try accelerator.reset()
         } catch {
             handleFatal("reset failed: \(error)")
             return

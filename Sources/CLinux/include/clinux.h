@@ -36,6 +36,10 @@ unsigned long sdm_KVM_SET_FPU(void);
 unsigned long sdm_KVM_SET_MSRS(void);
 unsigned long sdm_KVM_ENABLE_CAP(void);
 unsigned long sdm_KVM_SET_CLOCK(void);
+unsigned long sdm_KVM_GET_IRQCHIP(void);
+unsigned long sdm_KVM_SET_IRQCHIP(void);
+unsigned long sdm_KVM_GET_PIT2(void);
+unsigned long sdm_KVM_SET_PIT2(void);
 
 int sdm_ioctl(int fd, unsigned long request, void *arg);
 int sdm_ioctl_int(int fd, unsigned long request, unsigned long arg);
