@@ -61,4 +61,4 @@ echo 'XENCONSOLED_ARGS="--log=guest --log-dir=/var/log/xen/console"' >> "$dest/e
 echo swiftdm-lab-dom0 > "$dest/etc/hostname"
 inchroot passwd -d root >/dev/null
 ls "$dest"/boot
-log "done: $(du -sh "$dest" | cut -f1)"
+log "done: $(du -shx "$dest" | cut -f1)"

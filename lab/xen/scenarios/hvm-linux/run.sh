@@ -1,17 +1,17 @@
 # HVM Linux by direct kernel boot reaches a busybox shell over the emulated serial port
-# timeout: 720
+# timeout: 1000
 # Checks: xl create passes -kernel/-initrd/-append to the DM; the kernel boots (fw_cfg loading,
 # PCI, Xen platform device 5853:0001 emulated by the DM) to the init's marker on ttyS0 and a shell
 # answers through the DM's UART in both directions (unix socket chardev).
 scenario() {
   guest_create hvm-linux
   local t0; t0=$(now)
-  step serial 600 python3 "$LAB/dom0/lab-expect.py" --unix "$RUN/hvm-linux-com1.sock" --log "$OUT/com1.log" \
-      --timeout 560 --ready LAB-GUEST-READY --probe 'echo LAB-SUM=$((6*7))' --want LAB-SUM=42 \
+  step serial 900 python3 "$LAB/dom0/lab-expect.py" --unix "$RUN/hvm-linux-com1.sock" --log "$OUT/com1.log" \
+      --timeout 840 --ready LAB-GUEST-READY --probe 'echo LAB-SUM=$((6*7))' --want LAB-SUM=42 \
     || fail "HVM Linux did not reach a shell on the emulated serial port: $(tail -1 "$OUT/step-serial.log")"
   metric shell_after_create_s "$(elapsed "$t0")"
   grep -a 'LAB-' "$OUT/com1.log" | tr -d '\r' > "$OUT/guest-markers.txt"
-  grep -q 'LAB-PCI:.*5853:0001' "$OUT/guest-markers.txt" \
+  grep -q 'LAB-PCI:.*5853:0x0001' "$OUT/guest-markers.txt" \
     || fail "the guest does not see the Xen platform PCI device 5853:0001: $(grep LAB-PCI "$OUT/guest-markers.txt")"
   step destroy 120 xl -vvv destroy hvm-linux || fail "xl destroy failed: $(xl_errors destroy 2)"
   pass "shell answered on ttyS0 $(sed -n 's/^shell_after_create_s=//p' "$OUT/metrics")s after xl create; $(grep -a -o 'LAB-PCI:.*' "$OUT/guest-markers.txt")"
