@@ -68,7 +68,7 @@ step() {
 }
 
 # first libxl/xl error lines of a step log (for one-line failure reasons)
-xl_errors() { grep -E 'libxl: error|^xl: |error:|failed' "$OUT/step-$1.log" 2>/dev/null | grep -v 'libxl: debug' | head -${2:-4} | cut -c1-300; }
+xl_errors() { grep -E 'libxl: error|^xl: |error:|failed' "$OUT/step-$1.log" 2>/dev/null | grep -v -E 'libxl: debug|detail:' | head -${2:-4} | cut -c1-300; }
 
 render() {  # render TEMPLATE > OUTPUT: fill in @DM@ @OUT@ @GUEST@ @WORK@ @RUN@
   sed -e "s#@DM@#$RUN/dm#g" -e "s#@OUT@#$OUT#g" -e "s#@GUEST@#$GUEST#g" -e "s#@WORK@#$WORK#g" -e "s#@RUN@#$RUN#g" "$1"
@@ -78,9 +78,12 @@ render() {  # render TEMPLATE > OUTPUT: fill in @DM@ @OUT@ @GUEST@ @WORK@ @RUN@
 guest_create() {
   local name=$1 cfg=${2:-guest.cfg}
   render "$SDIR/$cfg" > "$OUT/$name.cfg"
-  if ! step create 300 xl -vvv create "$OUT/$name.cfg"; then
-    local why; why=$(xl_errors create 3 | tr '\n' ' ')
-    fail "xl create failed; device model did not start? ${why:-see step-create.log}"
+  local rc=0
+  step create 300 xl -vvv create "$OUT/$name.cfg" || rc=$?
+  if [ $rc != 0 ]; then
+    local why; why=$(grep -E -m1 'device model: spawn failed|device model did not start|Device Model died' "$OUT/step-create.log" | cut -c1-200)
+    [ -n "$why" ] && fail "device model did not start (xl create rc=$rc): $why"
+    fail "xl create failed (rc=$rc): $(xl_errors create 3 | tr '\n' ' ')"
   fi
   guest_attach "$name"
 }
