@@ -21,6 +21,8 @@ let package = Package(
         .target(name: "Machine",
                 dependencies: ["DMCore", "Devices", "Backends", "KVMAccel", "Config"],
                 swiftSettings: strict),
+        .executableTarget(name: "dispatch-bench", dependencies: ["DMCore"], path: "bench/dispatch",
+                          swiftSettings: strict),
         .executableTarget(name: "swiftdm", dependencies: ["Machine", "Config", "DMCore"],
                           swiftSettings: strict),
         .testTarget(name: "DMCoreTests", dependencies: ["DMCore"], swiftSettings: strict),
