@@ -93,6 +93,45 @@ public enum CommandLineParser {
             try list.rejectUnknown()
         },
         flag(["S"], "do not start the CPUs (wait for 'cont' on the monitor)") { $0.startPaused = true },
+        value(["mon"], "chardev=id[,mode=control]", "QMP monitor on a -chardev (socket, server=on)") { c, text throws(ConfigError) in
+            var list = try OptionList(option: "-mon", text: text, impliedKey: "chardev")
+            guard let chardev = list.take("chardev"), !chardev.isEmpty else {
+                throw ConfigError(option: "-mon", value: text, reason: "missing chardev=")
+            }
+            // QEMU's default mode is the human monitor (readline), which we do not serve.
+            let mode = list.take("mode") ?? "readline"
+            guard mode == "control" else {
+                throw ConfigError(option: "-mon", value: text, reason: "mode=\(mode) is not supported (only mode=control, QMP)")
+            }
+            if try list.takeBool("pretty") == true {
+                throw ConfigError(option: "-mon", value: text, reason: "pretty=on is not supported")
+            }
+            _ = list.take("id")
+            try list.rejectUnknown()
+            c.monitors.append(MonitorOption(source: .chardev(chardev)))
+        },
+        value(["qmp"], "unix:path,server=on[,wait=off]", "QMP monitor on a unix socket") { c, text throws(ConfigError) in
+            guard text.hasPrefix("unix:") else {
+                throw ConfigError(option: "-qmp", value: text, reason: "only unix:PATH,server=on sockets are supported")
+            }
+            c.monitors.append(MonitorOption(source: .shorthand(text)))
+        },
+        value(["uuid"], "uuid", "the machine's UUID (query-uuid, SMBIOS)") { c, text throws(ConfigError) in
+            let groups = text.split(separator: "-", omittingEmptySubsequences: false)
+            guard groups.map(\.count) == [8, 4, 4, 4, 12], groups.allSatisfy({ $0.allSatisfy(\.isHexDigit) }) else {
+                throw ConfigError(option: "-uuid", value: text, reason: "invalid UUID (expected xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)")
+            }
+            c.uuid = text.lowercased()
+        },
+        value(["incoming"], "fd:N | defer", "wait for the VM's device state (from descriptor N) instead of booting") { c, text throws(ConfigError) in
+            if text == "defer" {
+                c.incoming = .deferred
+            } else if text.hasPrefix("fd:"), let fd = Int32(text.dropFirst(3)), fd >= 0 {
+                c.incoming = .fd(fd)
+            } else {
+                throw ConfigError(option: "-incoming", value: text, reason: "only fd:N and defer are supported")
+            }
+        },
         flag(["no-reboot"], "exit instead of rebooting") { $0.noReboot = true },
         flag(["no-shutdown"], "stop instead of exiting when the guest powers off") { $0.noShutdown = true },
         value(["device"], "driver[,prop=value...]", "add a device (help lists them)") { c, text throws(ConfigError) in
@@ -139,6 +178,9 @@ public enum CommandLineParser {
             }
         },
     ]
+
+    /// The option names (without the dash), for `query-command-line-options`.
+    public static var optionNames: [String] { options.map { $0.names.last ?? "" } }
 
     /// Parses `arguments` (without the program name).
     public static func parse(_ arguments: [String]) throws(ConfigError) -> CommandLineAction {

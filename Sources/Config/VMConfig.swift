@@ -34,6 +34,12 @@ public struct VMConfig: Sendable, Equatable {
     public var append: String?
     /// `-d` log items (guest_errors, unimp): also log accesses no device claims.
     public var logItems: [String] = []
+    /// `-mon` and `-qmp` monitors, in order.
+    public var monitors: [MonitorOption] = []
+    /// `-uuid`, validated and lower-cased.
+    public var uuid: String?
+    /// `-incoming`: the VM waits for its state instead of booting.
+    public var incoming: IncomingMigration?
     public var debugLogging: Bool { logItems.contains("guest_errors") || logItems.contains("unimp") }
 
     public init() {}
@@ -46,8 +52,32 @@ public struct VMConfig: Sendable, Equatable {
             && a.startPaused == b.startPaused && a.noReboot == b.noReboot && a.noShutdown == b.noShutdown
             && a.devices == b.devices && a.bootOrder == b.bootOrder && a.bootMenu == b.bootMenu
             && a.bootRebootTimeout == b.bootRebootTimeout && a.kernel == b.kernel && a.initrd == b.initrd
-            && a.append == b.append && a.logItems == b.logItems
+            && a.append == b.append && a.logItems == b.logItems && a.monitors == b.monitors && a.uuid == b.uuid
+            && a.incoming == b.incoming
     }
+
+    /// The `-chardev` ids a monitor serves: the machine must not open them as devices.
+    public var monitorChardevIDs: Set<String> {
+        Set(monitors.compactMap { if case .chardev(let id) = $0.source { return id } else { return nil } })
+    }
+}
+
+/// A QMP monitor: `-mon chardev=ID,mode=control` or the `-qmp DEV` shorthand.
+public struct MonitorOption: Sendable, Equatable {
+    public enum Source: Sendable, Equatable {
+        case chardev(String)
+        /// A character device in `-serial` syntax (`unix:PATH,server=on,wait=off`).
+        case shorthand(String)
+    }
+    public var source: Source
+    public init(source: Source) { self.source = source }
+}
+
+/// `-incoming fd:N` (libxl's restore: the device state is read from the descriptor) or
+/// `-incoming defer`.
+public enum IncomingMigration: Sendable, Equatable {
+    case fd(Int32)
+    case deferred
 }
 
 /// What running the command line should do.

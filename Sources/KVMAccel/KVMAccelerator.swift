@@ -169,6 +169,15 @@ public final class KVMAccelerator: Accelerator, InterruptSink, @unchecked Sendab
 
     public func resume() { gate.resume() }
 
+    /// Each vCPU thread's kernel id (0 until it has started).
+    public var vcpuThreadIDs: [Int32] { vcpus.map { $0.threadID.load(ordering: .acquiring) } }
+
+    /// `info registers` for one vCPU. Only while paused: KVM_GET_REGS on a vCPU inside
+    /// KVM_RUN waits for its next exit.
+    public func registerDump(cpu: Int) -> String? {
+        vcpus.indices.contains(cpu) ? vcpus[cpu].registerDump() : nil
+    }
+
     public func requestPause() {
         gate.requestPause { for v in vcpus { v.kick() } }
     }

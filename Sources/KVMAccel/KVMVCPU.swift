@@ -1,5 +1,6 @@
 import CLinux
 import DMCore
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -17,6 +18,8 @@ final class KVMVCPU: @unchecked Sendable {
     private let events: any AcceleratorEvents
     private let gate: RunGate
     private var thread: pthread_t?
+    /// The vCPU thread's kernel id once it runs (QMP's query-cpus-fast reports it).
+    let threadID = Atomic<Int32>(0)
     /// The power-on state KVM gave the vCPU at creation, reapplied on every reset.
     private var powerOnRegs = kvm_regs()
     private var powerOnSregs = kvm_sregs()
@@ -67,6 +70,16 @@ final class KVMVCPU: @unchecked Sendable {
 
     // MARK: thread
 
+    /// gettid(2), which does not import into Swift (neither the wrapper nor the variadic
+    /// syscall): /proc/thread-self links to "PID/task/TID". Once per vCPU thread.
+    static func currentThreadID() -> Int32 {
+        var buffer = [CChar](repeating: 0, count: 64)
+        let n = readlink("/proc/thread-self", &buffer, buffer.count - 1)
+        guard n > 0 else { return 0 }
+        let text = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return text.split(separator: "/").last.flatMap { Int32($0) } ?? 0
+    }
+
     func startThread() throws(KVMError) {
         var tid = pthread_t()
         let context = Unmanaged.passRetained(self).toOpaque()
@@ -95,6 +108,7 @@ final class KVMVCPU: @unchecked Sendable {
     }
 
     private func runLoop() {
+        threadID.store(Self.currentThreadID(), ordering: .releasing)
         let signals = [Self.kickSignal]
         _ = sdm_sigmask(SIG_UNBLOCK, signals, 1)
         var kicked = true

@@ -3,6 +3,7 @@ import Config
 import DMCore
 import Devices
 import KVMAccel
+import Monitor
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -15,6 +16,8 @@ import Glibc
 public final class PCMachine: @unchecked Sendable {
     public enum RunState: String, Sendable {
         case prelaunch, running, paused, shutdown
+        /// `-incoming`: waiting for the device state.
+        case inmigrate
         case internalError = "internal-error"
     }
 
@@ -32,6 +35,10 @@ public final class PCMachine: @unchecked Sendable {
     var devices: [AnyObject] = []
     var backends: [any CharBackend] = []
     let exitStatus = Atomic<Int32>(0)
+    /// Where lifecycle events go (the QMP monitor); set before `run`.
+    public weak var monitorEvents: (any MonitorEventSink)?
+    /// `cont` during `-incoming`: run once the state has arrived (QEMU's autostart).
+    var startAfterIncoming = false
 
     // MARK: assembly
 
@@ -84,7 +91,7 @@ public final class PCMachine: @unchecked Sendable {
             throw MachineError(error.description)
         }
         let router = InterruptRouter(sink: accelerator)
-        runState = config.startPaused ? .prelaunch : .running
+        runState = config.incoming != nil ? .inmigrate : config.startPaused ? .prelaunch : .running
 
         // Chipset.
         pci = PCIBus(portBus: ports, mmioBus: mmio)

@@ -17,9 +17,12 @@ enum FwCfgKey {
 }
 
 extension PCMachine {
-    /// `-chardev` backends, created first so `chardev:ID` references resolve.
+    /// `-chardev` backends, created first so `chardev:ID` references resolve. Those a `-mon`
+    /// serves belong to the QMP monitor, which opens them itself.
     func assembleChardevs() throws {
+        let monitorIDs = config.monitorChardevIDs
         for list in config.chardevs {
+            if let id = list.entries.last(where: { $0.key == "id" })?.value, monitorIDs.contains(id) { continue }
             let spec = try CharBackendSpec(chardev: list)
             guard let id = list.entries.last(where: { $0.key == "id" })?.value else { continue }
             guard !backends.contains(where: { $0.id == id }) else {

@@ -70,10 +70,12 @@ extension PCMachine {
 
     /// Stops the guest (QMP `stop`, `-no-shutdown` power-off). Main loop, no device lock.
     public func pause(to state: RunState = .paused) {
+        let wasRunning = runState == .running
         accelerator.pause()
         loop.clock.pause()
         loop.clockChanged()
         runState = state
+        if wasRunning { monitorEvents?.emitStop() }
     }
 
     /// Starts or restarts the guest (QMP `cont`). Main loop, no device lock.
@@ -82,6 +84,7 @@ extension PCMachine {
         runState = .running
         resumeClock()
         accelerator.resume()
+        monitorEvents?.emitResume()
     }
 
     /// A system reset: every device and CPU back to power-on state; RAM is kept, as on a PC.
@@ -90,6 +93,7 @@ extension PCMachine {
             handleShutdown(cause: cause)
             return
         }
+        monitorEvents?.emitReset(guest: cause.isGuestRequest, reason: cause.rawValue)
         let wasRunning = runState == .running
         accelerator.pause()
         lock.withLock {
@@ -111,6 +115,7 @@ extension PCMachine {
 
     /// The guest powered off (or reset under -no-reboot): exit 0, or stop under -no-shutdown.
     func handleShutdown(cause: ShutdownCause) {
+        monitorEvents?.emitShutdown(guest: cause.isGuestRequest, reason: cause.rawValue)
         if config.noShutdown {
             pause(to: .shutdown)
         } else {
@@ -128,8 +133,14 @@ extension PCMachine {
     /// line and exits 0.
     public func terminate(signal: Int32) {
         GuestErrorLog.stderrSink("swiftdm: terminating on signal \(signal)")
+        monitorEvents?.emitShutdown(guest: false, reason: ShutdownCause.hostSignal.rawValue)
         requestExit(status: 0)
     }
+}
+
+extension ShutdownCause {
+    /// QMP's `guest` flag: the guest asked (as opposed to the host or a monitor command).
+    var isGuestRequest: Bool { rawValue.hasPrefix("guest-") }
 }
 
 extension PCMachine {

@@ -3,6 +3,7 @@ import CLinux
 import Config
 import DMCore
 import Machine
+import Monitor
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -64,6 +65,27 @@ do {
     fail(error.description)
 }
 
+// The QMP monitor: its sockets run on the machine's loop; lifecycle events flow back to it.
+let monitor = Monitor(host: machine, loop: machine.loop, package: "SwiftDM \(CommandLineParser.programVersion)")
+do {
+    try machine.lock.withLock { () throws(MonitorError) in
+        try monitor.listen(monitors: config.monitors, chardevs: config.chardevs)
+    }
+} catch {
+    machine.shutdownBackends()
+    fail(error.description)
+}
+machine.monitorEvents = monitor
+do {
+    try machine.loadIncomingState()
+} catch {
+    monitor.close()
+    machine.shutdownBackends()
+    fail(error.description)
+}
+
 let status = machine.run()
+// Removes the socket files; clients see the connection close after the last reply.
+machine.lock.withLock { monitor.close() }
 machine.shutdownBackends()
 exit(status)

@@ -1,0 +1,2 @@
+import XCTest
+final class PlaceholderMonitorTests: XCTestCase { func testNothing() {} }
