@@ -138,6 +138,25 @@ public enum CommandLineParser {
             let list = try OptionList(option: "-device", text: text, impliedKey: "driver")
             c.devices.append(list)
         },
+        value(["drive"], "[file=F][,if=ide|none][,index=N][,media=disk|cdrom][,format=raw|qcow2][,id=ID][,...]",
+              "a drive (IDE on if=ide, the default; if=none for -device ide-hd/ide-cd)") { c, text throws(ConfigError) in
+            c.drives.append(try OptionList(option: "-drive", text: text))
+        },
+        value(["hda"], "file", "IDE disk 0 (primary master)") { c, text throws(ConfigError) in
+            c.drives.append(try legacyDrive("-hda", text, index: 0, media: "disk"))
+        },
+        value(["hdb"], "file", "IDE disk 1 (primary slave)") { c, text throws(ConfigError) in
+            c.drives.append(try legacyDrive("-hdb", text, index: 1, media: "disk"))
+        },
+        value(["hdc"], "file", "IDE disk 2 (secondary master)") { c, text throws(ConfigError) in
+            c.drives.append(try legacyDrive("-hdc", text, index: 2, media: "disk"))
+        },
+        value(["hdd"], "file", "IDE disk 3 (secondary slave)") { c, text throws(ConfigError) in
+            c.drives.append(try legacyDrive("-hdd", text, index: 3, media: "disk"))
+        },
+        value(["cdrom"], "file", "IDE CD-ROM image (secondary master)") { c, text throws(ConfigError) in
+            c.drives.append(try legacyDrive("-cdrom", text, index: 2, media: "cdrom"))
+        },
         value(["boot"], "[order=drives][,menu=on|off][,reboot-timeout=ms]", "boot order and menu") { c, text throws(ConfigError) in
             var list = try OptionList(option: "-boot", text: text, impliedKey: "order")
             if let order = list.take("order") {
@@ -235,4 +254,11 @@ public enum CommandLineParser {
     public static var versionText: String {
         "SwiftDM version \(programVersion) (QEMU-compatible \(qemuCompatibleVersion))"
     }
+}
+
+/// `-hda F` is `-drive file=F,index=0,media=disk` (commas in F escaped, as QEMU does).
+private func legacyDrive(_ option: String, _ path: String, index: Int, media: String) throws(ConfigError) -> OptionList {
+    guard !path.isEmpty else { throw ConfigError(option: option, value: path, reason: "empty file name") }
+    let escaped = path.split(separator: ",", omittingEmptySubsequences: false).joined(separator: ",,")
+    return try OptionList(option: option, text: "file=\(escaped),index=\(index),media=\(media)")
 }

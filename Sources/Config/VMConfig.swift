@@ -25,6 +25,8 @@ public struct VMConfig: Sendable, Equatable {
     public var noReboot = false
     public var noShutdown = false
     public var devices: [OptionList] = []
+    /// `-drive` lists in order; `-hda`..`-hdd` and `-cdrom` arrive here as the `-drive` they mean.
+    public var drives: [OptionList] = []
     public var bootOrder: String?
     public var bootMenu: Bool?
     /// `-boot` reboot-timeout in ms: SeaBIOS waits this long after "No bootable device".
@@ -50,7 +52,7 @@ public struct VMConfig: Sendable, Equatable {
             && a.noGraphic == b.noGraphic && a.displayNone == b.displayNone && a.serials == b.serials
             && a.chardevs == b.chardevs && a.debugcon == b.debugcon && a.name == b.name
             && a.startPaused == b.startPaused && a.noReboot == b.noReboot && a.noShutdown == b.noShutdown
-            && a.devices == b.devices && a.bootOrder == b.bootOrder && a.bootMenu == b.bootMenu
+            && a.devices == b.devices && a.drives == b.drives && a.bootOrder == b.bootOrder && a.bootMenu == b.bootMenu
             && a.bootRebootTimeout == b.bootRebootTimeout && a.kernel == b.kernel && a.initrd == b.initrd
             && a.append == b.append && a.logItems == b.logItems && a.monitors == b.monitors && a.uuid == b.uuid
             && a.incoming == b.incoming

@@ -10,6 +10,10 @@ struct DeviceContext {
     let router: InterruptRouter
     let onDebugExit: (Int32) -> Void
     var created: [AnyObject] = []
+    /// The IDE slots `ide-hd`/`ide-cd` fill (the controller is built after `-device`).
+    var ide: IDEAssembly?
+    /// The `id=` of the `-device` being built.
+    var deviceID: String?
 }
 
 /// The `-device` drivers this machine knows, as one declared table (QEMU's `-device help`
@@ -38,6 +42,14 @@ struct DeviceDriver: Sendable {
             let device = PCITestDevice()
             try plugPCI(device, list: &list, pci: context.pci)
             context.created.append(device)
+        },
+        DeviceDriver(name: "ide-hd", bus: "IDE", help: "virtual IDE disk (drive=ID of an if=none -drive, bus=ide.N, unit=U)") {
+            list, context throws(ConfigError) in
+            try attachIDEDevice(kind: .disk, list: &list, id: context.deviceID, context: &context)
+        },
+        DeviceDriver(name: "ide-cd", bus: "IDE", help: "virtual IDE CD-ROM (drive=ID of an if=none -drive, or empty)") {
+            list, context throws(ConfigError) in
+            try attachIDEDevice(kind: .cdrom, list: &list, id: context.deviceID, context: &context)
         },
     ]
 

@@ -145,7 +145,9 @@ public final class PCMachine: @unchecked Sendable {
             try assembleChardevs()
             try assembleISA(router: router, layout: layout)
             try assembleFirmwareConfig(layout: layout)
-            try assembleDevices(router: router)
+            let ide = try assembleIDE(router: router)
+            try assembleDevices(router: router, ide: ide)
+            try finishIDE(ide, router: router)
         } catch let error as MachineError {
             throw error
         } catch let error as ConfigError {

@@ -118,9 +118,10 @@ extension PCMachine {
     }
 
     /// `-device` entries, through the driver table.
-    func assembleDevices(router: InterruptRouter) throws {
+    func assembleDevices(router: InterruptRouter, ide: IDEAssembly? = nil) throws {
         var context = DeviceContext(ports: ports, mmio: mmio, pci: pci, router: router,
                                     onDebugExit: { [weak self] status in self?.requestExit(status: status) })
+        context.ide = ide
         for var list in config.devices {
             guard let name = list.take("driver") else {
                 throw ConfigError(option: "-device", value: list.text, reason: "missing driver name")
@@ -128,7 +129,7 @@ extension PCMachine {
             guard let driver = DeviceDriver.find(name) else {
                 throw ConfigError(option: "-device", value: list.text, reason: "unknown device '\(name)' (-device help lists them)")
             }
-            _ = list.take("id")
+            context.deviceID = list.take("id")
             try driver.build(&list, &context)
             try list.rejectUnknown()
         }

@@ -148,6 +148,7 @@ extension PCMachine {
     public func shutdownBackends() {
         lock.withLock {
             for backend in backends { backend.close() }
+            closeBlockDrives()
         }
     }
 }

@@ -1,0 +1,235 @@
+import Backends
+import Config
+import DMCore
+import Devices
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One `-drive` (or `-hda`..`-hdd`, `-cdrom`), validated for form. The image is opened when the
+/// drive is attached: `if=ide` drives at machine assembly, `if=none` ones by `-device ide-hd/cd`.
+struct DriveSpec {
+    enum Interface: String { case ide, none }
+    let text: String
+    let option: String
+    var id: String?
+    var file: String?
+    var interface: Interface
+    var index: Int?
+    var bus: Int?
+    var unit: Int?
+    var kind: ATADrive.Kind
+    var format: BlockFormat?
+    var cache: CacheMode
+    var readOnly: Bool
+    var locking: Bool
+
+    init(_ source: OptionList) throws(ConfigError) {
+        var list = source
+        text = source.text
+        option = source.option
+        func fail(_ reason: String) -> ConfigError { ConfigError(option: source.option, value: source.text, reason: reason) }
+        id = list.take("id")
+        file = list.take("file")
+        if file?.isEmpty == true { file = nil }
+        let interfaceName = list.take("if") ?? "ide"
+        guard let interface = Interface(rawValue: interfaceName) else {
+            throw fail("unsupported interface '\(interfaceName)' (ide or none; AHCI and virtio are separate devices)")
+        }
+        self.interface = interface
+        index = try list.takeUInt("index", max: 3).map(Int.init)
+        bus = try list.takeUInt("bus", max: 1).map(Int.init)
+        unit = try list.takeUInt("unit", max: 1).map(Int.init)
+        switch list.take("media") ?? "disk" {
+        case "disk": kind = .disk
+        case "cdrom": kind = .cdrom
+        case let other: throw fail("invalid media '\(other)' (disk or cdrom)")
+        }
+        if let name = list.take("format") {
+            guard let format = BlockFormat(rawValue: name) else { throw fail("unsupported format '\(name)' (raw or qcow2)") }
+            self.format = format
+        }
+        if let name = list.take("cache") {
+            do { cache = try CacheMode(parsing: name) } catch { throw fail("invalid cache mode '\(name)'") }
+        } else {
+            cache = .writeback
+        }
+        let readonly = try list.takeBool("readonly")
+        let readOnlyAlias = try list.takeBool("read-only")
+        readOnly = readonly ?? readOnlyAlias ?? false
+        locking = try list.takeBool("file.locking") ?? true
+        // Accepted for compatibility; they change nothing here (errors always reach the guest,
+        // I/O always runs on the worker pool, discard requests are not issued by IDE).
+        for key in ["discard", "aio", "werror", "rerror", "detect-zeroes", "serial"] { _ = list.take(key) }
+        if let snapshot = try list.takeBool("snapshot"), snapshot { throw fail("snapshot=on is not supported") }
+        try list.rejectUnknown()
+        if kind == .cdrom { readOnly = true }
+        if interface == .ide && id == nil {
+            // Named once the slot is known (ide0-hd0 ...).
+        }
+    }
+
+    /// Opens the image: raw unless `format=` says otherwise, never by probing its content.
+    func open() throws -> BlockBackend? {
+        guard let file else {
+            guard kind == .cdrom else { throw MachineError("\(option) \(text): a disk needs file=") }
+            return nil
+        }
+        let format: BlockFormat
+        if let given = self.format {
+            format = given
+        } else {
+            // QEMU probes here and warns; probing lets a guest turn a raw disk into a qcow2 with a
+            // backing file of its choice, so SwiftDM assumes raw and says so.
+            let line = "swiftdm: warning: \(option) \(text): image format was not specified; using raw (SwiftDM does not probe; add format=raw or format=qcow2)\n"
+            _ = line.withCString { write(2, $0, strlen($0)) }
+            format = .raw
+        }
+        do {
+            return try BlockBackend(path: file, options: BlockOpenOptions(format: format, readOnly: readOnly, cache: cache,
+                                                                        locking: locking),
+                                    workers: 1)
+        } catch {
+            throw MachineError("\(option) \(text): could not open '\(file)': \(error)")
+        }
+    }
+}
+
+/// The IDE slots being filled while the machine assembles: -drive if=ide first, then
+/// -device ide-hd/ide-cd (which take if=none drives by id).
+final class IDEAssembly {
+    var slots = [[ATADrive?]](repeating: [nil, nil], count: 2)
+    var unnamedDrives: [String: DriveSpec] = [:]
+    var usedDrives: Set<String> = []
+    var serialCounter = 0
+    weak var controller: PIIX3IDEController?
+
+    func serial() -> String {
+        serialCounter += 1
+        return "QM" + String(repeating: "0", count: max(0, 5 - String(serialCounter).count)) + String(serialCounter)
+    }
+
+    func freeSlot() -> (Int, Int)? {
+        for bus in 0..<2 { for unit in 0..<2 where slots[bus][unit] == nil { return (bus, unit) } }
+        return nil
+    }
+}
+
+extension PCMachine {
+    /// PIIX3 IDE at 00:01.1 with its legacy ports and IRQs 14/15, present on every `pc`
+    /// (with -nodefaults too), carrying the `-drive if=ide` drives.
+    func assembleIDE(router: InterruptRouter) throws -> IDEAssembly {
+        let assembly = IDEAssembly()
+        var nextIndex = 0
+        for list in config.drives {
+            let spec = try DriveSpec(list)
+            if spec.interface == .none {
+                guard let id = spec.id else { throw MachineError("\(spec.option) \(spec.text): if=none needs id=") }
+                guard assembly.unnamedDrives[id] == nil else { throw MachineError("\(spec.option) \(spec.text): duplicate drive id '\(id)'") }
+                assembly.unnamedDrives[id] = spec
+                continue
+            }
+            let index: Int
+            if let given = spec.index {
+                index = given
+            } else if let bus = spec.bus ?? (spec.unit != nil ? 0 : nil) {
+                index = bus * 2 + (spec.unit ?? 0)
+            } else {
+                while nextIndex < 4 && assembly.slots[nextIndex / 2][nextIndex % 2] != nil { nextIndex += 1 }
+                guard nextIndex < 4 else { throw MachineError("\(spec.option) \(spec.text): no free IDE slot (4 drives at most)") }
+                index = nextIndex
+            }
+            let (bus, unit) = (index / 2, index % 2)
+            guard assembly.slots[bus][unit] == nil else {
+                throw MachineError("\(spec.option) \(spec.text): drive with bus=\(bus), unit=\(unit) (index=\(index)) exists")
+            }
+            if spec.kind == .disk && spec.readOnly {
+                throw MachineError("\(spec.option) \(spec.text): Can't use a read-only drive for an IDE disk")
+            }
+            let id = spec.id ?? "ide\(bus)-\(spec.kind == .cdrom ? "cd" : "hd")\(unit)"
+            assembly.slots[bus][unit] = ATADrive(kind: spec.kind, medium: try spec.open(), id: id, serial: assembly.serial(),
+                                                 readOnly: spec.readOnly)
+        }
+        return assembly
+    }
+
+    /// Builds the controller once `-device ide-hd/ide-cd` had their say, plugs it at 01.1 and
+    /// claims the legacy ports.
+    func finishIDE(_ assembly: IDEAssembly, router: InterruptRouter) throws {
+        let controller = PIIX3IDEController(drives: assembly.slots,
+                                            irqs: PIIX3IDEController.legacyResources.map { router.line(gsi: $0.irq) },
+                                            memory: memory, poster: loop)
+        do {
+            try pci.plug(controller, slot: 1, function: 1)
+            for (i, resources) in PIIX3IDEController.legacyResources.enumerated() {
+                try ports.register(controller, base: resources.command, length: 8,
+                                   region: i == 0 ? PIIX3IDEController.primaryCommandRegion : PIIX3IDEController.secondaryCommandRegion,
+                                   name: "ide.\(i)")
+                try ports.register(controller, base: resources.control, length: 1,
+                                   region: i == 0 ? PIIX3IDEController.primaryControlRegion : PIIX3IDEController.secondaryControlRegion,
+                                   name: "ide.\(i) control")
+            }
+        } catch {
+            throw MachineError("IDE controller: \(error)")
+        }
+        append(devices: [controller])
+    }
+
+    /// The IDE drives, for query-block and the media commands (call with `lock` held).
+    public var blockDrives: [ATADrive] {
+        devices.compactMap { $0 as? PIIX3IDEController }.flatMap(\.drives)
+    }
+
+    /// The drive a monitor command names: by drive id or by the device's id.
+    public func blockDrive(named name: String) -> ATADrive? {
+        blockDrives.first { $0.id == name || $0.qdevID == name }
+    }
+
+    /// Writes back and closes every image (at exit).
+    func closeBlockDrives() {
+        for drive in blockDrives { drive.removeMedium() }
+    }
+}
+
+/// `-device ide-hd` / `ide-cd`: `drive=ID` (an if=none drive), `bus=ide.N`, `unit=U`.
+func attachIDEDevice(kind: ATADrive.Kind, list: inout OptionList, id: String?, context: inout DeviceContext) throws(ConfigError) {
+    func fail(_ reason: String) -> ConfigError { ConfigError(option: "-device", value: list.text, reason: reason) }
+    guard let assembly = context.ide else { throw fail("no IDE bus") }
+    let driveID = list.take("drive")
+    var bus: Int?
+    if let name = list.take("bus") {
+        guard name.hasPrefix("ide."), let n = Int(name.dropFirst(4)), (0...1).contains(n) else {
+            throw fail("Bus '\(name)' not found (ide.0 or ide.1)")
+        }
+        bus = n
+    }
+    let unit = try list.takeUInt("unit", max: 1).map(Int.init)
+    _ = list.take("serial")
+    let slot: (Int, Int)
+    if let bus {
+        guard let u = unit ?? (0..<2).first(where: { assembly.slots[bus][$0] == nil }) else { throw fail("IDE bus ide.\(bus) is full") }
+        slot = (bus, u)
+    } else if let unit {
+        slot = (0, unit)
+    } else {
+        guard let free = assembly.freeSlot() else { throw fail("no free IDE slot") }
+        slot = free
+    }
+    guard assembly.slots[slot.0][slot.1] == nil else { throw fail("IDE unit \(slot.1) on ide.\(slot.0) is in use") }
+    var medium: BlockBackend?
+    var readOnly = kind == .cdrom
+    var name = id ?? "ide\(slot.0)-\(kind == .cdrom ? "cd" : "hd")\(slot.1)"
+    if let driveID {
+        guard var spec = assembly.unnamedDrives[driveID] else { throw fail("Property '\(kind == .cdrom ? "ide-cd" : "ide-hd").drive' can't find value '\(driveID)'") }
+        guard assembly.usedDrives.insert(driveID).inserted else { throw fail("drive '\(driveID)' is already in use") }
+        if kind == .cdrom { spec.readOnly = true } else if spec.readOnly { throw fail("Can't use a read-only drive") }
+        spec.kind = kind
+        readOnly = spec.readOnly
+        name = driveID
+        do { medium = try spec.open() } catch { throw fail("\(error)") }
+    } else if kind == .disk {
+        throw fail("drive property not set")
+    }
+    assembly.slots[slot.0][slot.1] = ATADrive(kind: kind, medium: medium, id: name, qdevID: id, serial: assembly.serial(),
+                                              readOnly: readOnly)
+}
