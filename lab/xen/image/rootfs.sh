@@ -22,7 +22,13 @@ cleanup() { for ((i=${#mounted[@]}-1; i>=0; i--)); do umount -l "${mounted[$i]}"
 trap cleanup EXIT
 
 log "debootstrap $suite from $mirror into $dest"
-debootstrap --variant=minbase "$suite" "$dest" "$mirror"
+for attempt in 1 2 3; do   # the mirror sometimes fails a download; start over (debootstrap cannot resume)
+  debootstrap --variant=minbase "$suite" "$dest" "$mirror" && break
+  [ $attempt = 3 ] && { log "debootstrap failed 3 times"; exit 1; }
+  log "debootstrap failed (attempt $attempt); retrying in 15 s"
+  awk -v d="$(readlink -f "$dest")/" 'index($2, d) == 1 {print $2}' /proc/mounts | sort -r | xargs -r -n1 umount -l
+  rm -rf --one-file-system "$dest"; sleep 15
+done
 cat > "$dest/etc/apt/sources.list" <<EOS
 deb $mirror $suite main
 deb $mirror $suite-updates main
@@ -32,7 +38,7 @@ for m in proc sys dev dev/pts; do mount --bind "/$m" "$dest/$m"; mounted+=("$des
 # never start services inside the chroot
 printf '#!/bin/sh\nexit 101\n' > "$dest/usr/sbin/policy-rc.d"; chmod +x "$dest/usr/sbin/policy-rc.d"
 inchroot() { chroot "$dest" env DEBIAN_FRONTEND=noninteractive LC_ALL=C PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"; }
-inchroot apt-get update -q
+inchroot apt-get update -q || { sleep 15; inchroot apt-get update -q; }
 # initramfs-tools first, configured for a small dom0 initrd: only what mounts root=/dev/vda (virtio, ext4)
 inchroot apt-get install -y -q --no-install-recommends initramfs-tools zstd
 mkdir -p "$dest/etc/initramfs-tools/conf.d"
