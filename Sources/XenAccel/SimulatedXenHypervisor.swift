@@ -225,6 +225,7 @@ public final class SimulatedXenHypervisor: XenHypervisor, @unchecked Sendable {
     /// at the write pointer, then the write pointer advanced, then the buffered port raised.
     public func sendBuffered(type: Ioreq.Kind, addr: UInt32, size: Int, data: UInt64) {
         guard let page = bufferedPage, let port = bufferedPort else { return }
+        rebaseRing(page)
         let log2: UInt8 = size == 8 ? 3 : size == 4 ? 2 : size == 2 ? 1 : 0
         let write = page.loadAcquireUInt32(at: BufferedPageLayout.writePointerOffset)
         let first = BufferedIoreq(type: type.rawValue, sizeLog2: log2, addr: addr, data: UInt32(truncatingIfNeeded: data))
@@ -237,6 +238,19 @@ public final class SimulatedXenHypervisor: XenHypervisor, @unchecked Sendable {
         }
         page.storeReleaseUInt32(write &+ advance, at: BufferedPageLayout.writePointerOffset)
         raise(port)
+    }
+
+    /// Xen's canonicalisation in ATOMIC mode (`ioreq_send_buffered`): once the read pointer
+    /// passes a lap, subtract whole laps from both pointers with one 64-bit cmpxchg.
+    private func rebaseRing(_ page: SharedPage) {
+        for _ in 0..<Int(BufferedPageLayout.slotCount) {
+            let old = cxen_load_u64(page.base)
+            let read = UInt32(truncatingIfNeeded: old), write = UInt32(truncatingIfNeeded: old >> 32)
+            guard read >= BufferedPageLayout.slotCount else { return }
+            let laps = (read / BufferedPageLayout.slotCount) * BufferedPageLayout.slotCount
+            let new = UInt64(read - laps) | UInt64(write &- laps) << 32
+            if cxen_cas_u64(page.base, old, new) != 0 { return }
+        }
     }
 
     public func storeRingSlot(_ word: UInt64, index: UInt32) {

@@ -29,6 +29,14 @@ static inline int cxen_cas_u8(void *p, uint8_t expected, uint8_t desired) {
     return __atomic_compare_exchange_n((volatile uint8_t *)p, &expected, desired, 0,
                                        __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
 }
+/// A 64-bit compare-and-swap: how Xen rebases both buffered-ring pointers at once.
+static inline int cxen_cas_u64(void *p, uint64_t expected, uint64_t desired) {
+    return __atomic_compare_exchange_n((volatile uint64_t *)p, &expected, desired, 0,
+                                       __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+}
+static inline uint64_t cxen_load_u64(const void *p) {
+    return __atomic_load_n((const volatile uint64_t *)p, __ATOMIC_SEQ_CST);
+}
 /// Copies `n` bytes out of shared memory with volatile loads, so the compiler can neither
 /// re-read the source later (a double fetch) nor elide the copy.
 static inline void cxen_copy_from_shared(void *dst, const void *src, unsigned long n) {
