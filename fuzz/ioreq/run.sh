@@ -1,0 +1,21 @@
+#!/bin/sh
+# Builds and runs the ioreq fuzzer: DMCore and XenAccel compiled straight from Sources/ with
+# coverage and AddressSanitizer, no SwiftPM. Usage: fuzz/ioreq/run.sh [seconds] [libFuzzer args...]
+set -eu
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+OUT=${OUT:-$ROOT/.build-fuzz-ioreq}
+SECS=${1:-180}
+[ $# -gt 0 ] && shift
+SWIFTC=${SWIFTC:-swiftc}
+FLAGS="-sanitize=fuzzer,address -parse-as-library -O -g -swift-version 6"
+INC="-I $ROOT/Sources/CLinux/include -I $ROOT/Sources/CXen/include -I $OUT"
+mkdir -p "$OUT" "$OUT/corpus"
+clang -c -O1 -g -fsanitize=fuzzer-no-link,address -I "$ROOT/Sources/CLinux/include" \
+    "$ROOT/Sources/CLinux/clinux.c" -o "$OUT/clinux.o"
+$SWIFTC $FLAGS $INC -module-name DMCore -emit-module -emit-module-path "$OUT/DMCore.swiftmodule" \
+    -wmo -c "$ROOT"/Sources/DMCore/*.swift -o "$OUT/DMCore.o"
+$SWIFTC $FLAGS $INC -module-name XenAccel -emit-module -emit-module-path "$OUT/XenAccel.swiftmodule" \
+    -wmo -c "$ROOT"/Sources/XenAccel/*.swift -o "$OUT/XenAccel.o"
+$SWIFTC $FLAGS $INC -module-name IoreqFuzz "$ROOT/fuzz/ioreq/IoreqFuzz.swift" \
+    "$OUT/DMCore.o" "$OUT/XenAccel.o" "$OUT/clinux.o" -o "$OUT/ioreq-fuzz"
+exec "$OUT/ioreq-fuzz" -max_total_time="$SECS" -max_len=4200 -print_final_stats=1 "$@" "$OUT/corpus"
