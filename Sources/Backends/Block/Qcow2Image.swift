@@ -67,7 +67,9 @@ public final class Qcow2Image: BlockDriver, @unchecked Sendable {
         clusterSize = header.clusterSize
         clusterBits = UInt64(header.clusterBits)
         l2EntryCount = clusterSize / 8
-        reserveBatch = max(16, (8 << 20) / clusterSize)
+        // About 8 MiB, but well inside one refcount block's coverage so batches stay contiguous.
+        let perRefcountBlock = header.clusterSize * 8 / UInt64(header.refcountBits)
+        reserveBatch = max(16, min((8 << 20) / header.clusterSize, perRefcountBlock / 4))
         isReadOnly = options.readOnly
 
         if !options.readOnly {
@@ -516,11 +518,17 @@ public final class Qcow2Image: BlockDriver, @unchecked Sendable {
                 continue
             }
             if !(try refcounts.loadBlock(blockIndex, file: file, fileEnd: max(fileEnd, poolEnd << clusterBits))) {
-                // No refcount block covers this cluster yet: the block goes here, covering itself.
-                try releasePool()
-                try createRefcountBlock(blockIndex, at: cluster)
-                poolStart = cluster + 1
-                poolEnd = cluster + 1
+                // No refcount block covers this cluster yet. It takes the first reserved
+                // cluster, which keeps the rest of the reservation contiguous; with nothing
+                // reserved it goes here and covers itself.
+                if poolStart < poolEnd {
+                    poolStart += 1
+                    try createRefcountBlock(blockIndex, at: poolStart - 1)
+                } else {
+                    try createRefcountBlock(blockIndex, at: cluster)
+                    poolStart = cluster + 1
+                    poolEnd = cluster + 1
+                }
                 continue
             }
             if try refcounts.refcount(of: cluster, file: file, fileEnd: max(fileEnd, poolEnd << clusterBits)) != 0 {
@@ -549,9 +557,14 @@ public final class Qcow2Image: BlockDriver, @unchecked Sendable {
 
     private func createRefcountBlock(_ index: Int, at cluster: UInt64) throws(BlockError) {
         var block = [UInt8](repeating: 0, count: Int(clusterSize))
-        Qcow2Refcounts.set(&block, Int(cluster % refcounts.entriesPerBlock), refcounts.refcountBits, 1)
+        if refcounts.blockIndex(of: cluster).table == index {
+            Qcow2Refcounts.set(&block, Int(cluster % refcounts.entriesPerBlock), refcounts.refcountBits, 1)
+        }
         let offset = cluster << clusterBits
         try file.write(block, at: offset)
+        // The block's own refcount (when it lives in another block) must be on disk before
+        // the table points at it.
+        if !lazyRefcounts { try refcounts.writeDirtyBlocks(file: file) }
         try file.barrier()
         refcounts.blocks[index] = block
         refcounts.table[index] = offset
