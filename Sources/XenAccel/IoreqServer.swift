@@ -229,7 +229,7 @@ public final class IoreqServer: @unchecked Sendable {
     /// The address of item `i` of a `rep` access: `base ± i*size`, wrapping like QEMU's
     /// unsigned arithmetic (the memory side still goes through `GuestMemory`'s checks).
     @inline(__always)
-    private func itemAddress(_ base: UInt64, _ i: UInt32, size: Int, decrementing: Bool) -> UInt64 {
+    private func itemAddress(_ base: UInt64, _ i: Int, size: Int, decrementing: Bool) -> UInt64 {
         let step = UInt64(i) &* UInt64(size)
         return decrementing ? base &- step : base &+ step
     }
@@ -238,7 +238,9 @@ public final class IoreqServer: @unchecked Sendable {
         let port = UInt16(truncatingIfNeeded: r.addr)
         if !r.dataIsPointer {
             var data = value
-            for _ in 0..<r.count {
+            // Int ranges, not UInt32 ones: those iterate through an unspecialised generic
+            // iterator (a heap allocation per step) in debug builds.
+            for _ in 0..<Int(r.count) {
                 if r.isRead {
                     data = UInt64(dispatcher.portRead(port, size: size))
                 } else {
@@ -248,7 +250,7 @@ public final class IoreqServer: @unchecked Sendable {
             return data
         }
         // rep ins/outs: items move between the port and guest memory at data ± i*size.
-        for i in 0..<r.count {
+        for i in 0..<Int(r.count) {
             let address = itemAddress(r.data, i, size: size, decrementing: r.decrementing)
             if r.isRead {
                 let item = UInt64(dispatcher.portRead(port, size: size))
@@ -264,7 +266,7 @@ public final class IoreqServer: @unchecked Sendable {
     private func mmioIO(_ r: Ioreq, size: Int, value: UInt64) -> UInt64 {
         if !r.dataIsPointer {
             var data = value
-            for i in 0..<r.count {
+            for i in 0..<Int(r.count) {
                 let address = itemAddress(r.addr, i, size: size, decrementing: r.decrementing)
                 if r.isRead {
                     data = dispatcher.mmioRead(address, size: size)
@@ -275,7 +277,7 @@ public final class IoreqServer: @unchecked Sendable {
             return data
         }
         // Memory <-> MMIO moves (rep movs): both sides step in the same direction.
-        for i in 0..<r.count {
+        for i in 0..<Int(r.count) {
             let device = itemAddress(r.addr, i, size: size, decrementing: r.decrementing)
             let guest = itemAddress(r.data, i, size: size, decrementing: r.decrementing)
             if r.isRead {

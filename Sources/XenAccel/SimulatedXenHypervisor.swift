@@ -101,7 +101,12 @@ public final class SimulatedXenHypervisor: XenHypervisor, @unchecked Sendable {
                 _ = read(signalFD, &value, 8)
                 return nil
             }
-            return s.pending.removeFirst()
+            // Oldest first; swapping the tail in keeps this allocation-free for the
+            // allocation-counting test (order among several pending ports does not matter).
+            let port = s.pending[0]
+            s.pending[0] = s.pending[s.pending.count - 1]
+            s.pending.removeLast()
+            return port
         }
     }
 
@@ -282,9 +287,10 @@ public final class SimulatedXenHypervisor: XenHypervisor, @unchecked Sendable {
     public var mapCalls: Int { state.withLock { $0.maps } }
     public func clearRecords() {
         state.withLock {
-            $0.notified.removeAll()
-            $0.unmasked.removeAll()
-            $0.dmOps.removeAll()
+            // Keeping capacity lets allocation-counting tests exclude the simulator's bookkeeping.
+            $0.notified.removeAll(keepingCapacity: true)
+            $0.unmasked.removeAll(keepingCapacity: true)
+            $0.dmOps.removeAll(keepingCapacity: true)
         }
     }
     public func setFailMaps(_ fail: Bool) { state.withLock { $0.failMaps = fail } }

@@ -151,6 +151,41 @@ final class IoreqServerTests: XCTestCase {
         XCTAssertEqual(sim.takeResponse(), 1)
     }
 
+    /// Counts heap allocations while the server handles requests, when the malloc-counting
+    /// interposer is preloaded (fuzz/ioreq/alloc-check.sh); skips otherwise.
+    func testHotPathAllocatesNothing() throws {
+        guard let symbol = dlsym(nil, "sdm_alloc_count") else {  // RTLD_DEFAULT is NULL on glibc
+            throw XCTSkip("run through fuzz/ioreq/alloc-check.sh to count allocations")
+        }
+        let allocations = unsafeBitCast(symbol, to: (@convention(c) () -> UInt64).self)
+        let rig = try Rig()
+        rig.portDevice.record = false
+        rig.mmioDevice.record = false
+        rig.pciAccesses.reserveCapacity(1000)  // the test's own PCI hook records accesses
+        let requests: [Ioreq] = [
+            pio(0x1000, size: 4, read: true), pio(0x1004, size: 2, read: false, data: 0x1234),
+            copy(Rig.mmioBase, size: 8, read: true), copy(Rig.mmioBase + 8, size: 4, read: false, data: 5, count: 4),
+            pio(0x1008, size: 1, read: true, data: 0x4000, count: 64, ptr: true),
+            copy(Rig.mmioBase + 0x100, size: 8, read: false, data: 0x4000, count: 8, ptr: true, df: true),
+            Ioreq(addr: 0x18 << 32 | 4, count: 1, size: 4, isRead: true, type: Ioreq.Kind.pciConfig.rawValue),
+        ]
+        var counted: [UInt64] = []
+        for round in 0..<50 {
+            for request in requests {
+                rig.sim.send(request)
+                rig.sim.sendBuffered(type: .pio, addr: 0x1010, size: 4, data: 1)
+                rig.sim.clearRecords()
+                let before = allocations()
+                rig.server.handlePendingEvents()
+                let after = allocations()
+                if round > 0 { counted.append(after - before) }  // round 0 maps the bucket
+                _ = rig.sim.takeResponse()
+            }
+        }
+        XCTAssertEqual(counted.reduce(0, +), 0, "allocations per request: \(counted.prefix(20))")
+        XCTAssertTrue(rig.errorLines.isEmpty, "\(rig.errorLines)")
+    }
+
     func testThreadServesRequests() throws {
         let rig = try Rig()
         try rig.server.start()

@@ -15,16 +15,19 @@ final class ProbeDevice: BusDevice, @unchecked Sendable {
     var accesses: [Access] = []
     var readValue: (UInt64) -> UInt64 = { 0x1122_3344_5566_7788 &+ $0 }
     var duringAccess: (() -> Void)?
+    var record = true
 
     func read(region: Int, offset: UInt64, size: Int) -> UInt64 {
         duringAccess?()
         let v = readValue(offset) & mask(size)
+        guard record else { return v }
         accesses.append(Access(offset: offset, size: size, write: false, value: v))
         return v
     }
 
     func write(region: Int, offset: UInt64, size: Int, value: UInt64) {
         duringAccess?()
+        guard record else { return }
         accesses.append(Access(offset: offset, size: size, write: true, value: value))
     }
 }
