@@ -94,6 +94,23 @@ final class CommandLineParserTests: XCTestCase {
             XCTAssertTrue(CommandLineParser.helpText.contains("-" + option.names[0]), option.names[0])
         }
     }
+
+    func testDrivesAndLegacyDiskOptions() throws {
+        let c = try config(["-drive", "file=/tmp/a.img,if=ide,index=0,media=disk,format=raw,cache=writeback",
+                            "-hdb", "/tmp/with,comma.img", "-cdrom", "/tmp/cd.iso",
+                            "-drive", "if=none,readonly=on,id=ide-5632,file=/tmp/x.iso,format=raw"])
+        XCTAssertEqual(c.drives.count, 4)
+        var hdb = c.drives[1]
+        XCTAssertEqual(hdb.option, "-hdb")
+        XCTAssertEqual(hdb.take("file"), "/tmp/with,comma.img", "commas in the file name survive")
+        XCTAssertEqual(hdb.take("index"), "1")
+        var cdrom = c.drives[2]
+        XCTAssertEqual(cdrom.take("media"), "cdrom")
+        XCTAssertEqual(cdrom.take("index"), "2")
+        var none = c.drives[3]
+        XCTAssertEqual(none.take("id"), "ide-5632")
+        XCTAssertThrowsError(try config(["-hda", ""]))
+    }
 }
 
 final class OptionListTests: XCTestCase {

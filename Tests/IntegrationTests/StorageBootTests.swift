@@ -123,6 +123,22 @@ final class StorageBootTests: XCTestCase {
         XCTAssertTrue(vm.stderr.contains("image format was not specified"), "the no-probing warning: \(vm.stderr)")
     }
 
+    func testDriveErrorsAreOneLineAndExitOne() throws {
+        let cases: [([String], String)] = [
+            (["-drive", "file=\(path("missing.img")),format=raw"], "could not open"),
+            (["-drive", "file=x,if=scsi"], "unsupported interface"),
+            (["-drive", "file=x,format=vmdk"], "unsupported format"),
+            (["-device", "ide-hd,drive=nosuch"], "can't find value 'nosuch'"),
+            (["-device", "ide-cd,bus=ide.7"], "Bus 'ide.7' not found"),
+            (["-hda", try bootSectorDisk(), "-drive", "file=\(try bootSectorDisk()),index=0,format=raw"], "exists"),
+        ]
+        for (arguments, message) in cases {
+            let (status, _, stderr) = try VMProcess.run(["-m", "64", "-nodefaults", "-display", "none"] + arguments, timeout: 30)
+            XCTAssertEqual(status, 1, "\(arguments): \(stderr)")
+            XCTAssertTrue(stderr.contains(message), "\(arguments): \(stderr)")
+        }
+    }
+
     // MARK: GRUB
 
     /// boot.img in the MBR (keeping the partition table), core.img from sector 1 (boot.img's
