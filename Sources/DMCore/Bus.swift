@@ -133,7 +133,8 @@ public final class Bus: @unchecked Sendable {
     }
 
     private func intersectsAny(_ address: UInt64, _ size: Int) -> Bool {
-        (0..<UInt64(size)).contains { index(containing: address &+ $0) != nil }
+        for i in 0..<size where index(containing: address &+ UInt64(i)) != nil { return true }
+        return false
     }
 
     private func insertionIndex(for base: UInt64) -> Int {
