@@ -64,9 +64,6 @@ struct DriveSpec {
         if let snapshot = try list.takeBool("snapshot"), snapshot { throw fail("snapshot=on is not supported") }
         try list.rejectUnknown()
         if kind == .cdrom { readOnly = true }
-        if interface == .ide && id == nil {
-            // Named once the slot is known (ide0-hd0 ...).
-        }
     }
 
     /// Opens the image: raw unless `format=` says otherwise, never by probing its content.
@@ -102,7 +99,13 @@ final class IDEAssembly {
     var unnamedDrives: [String: DriveSpec] = [:]
     var usedDrives: Set<String> = []
     var serialCounter = 0
-    weak var controller: PIIX3IDEController?
+    /// `bootindex=` of ide-hd/ide-cd devices: (index, channel, unit).
+    var bootIndices: [(index: Int, channel: Int, unit: Int)] = []
+
+    /// fw_cfg "bootorder" lines in SeaBIOS's (and QEMU's) device-path syntax for PIIX3 IDE.
+    var bootOrderPaths: [String] {
+        bootIndices.sorted { $0.index < $1.index }.map { "/pci@i0cf8/ide@1,1/drive@\($0.channel)/disk@\($0.unit)" }
+    }
 
     func serial() -> String {
         serialCounter += 1
@@ -173,6 +176,13 @@ extension PCMachine {
             throw MachineError("IDE controller: \(error)")
         }
         append(devices: [controller])
+        let paths = assembly.bootOrderPaths
+        if !paths.isEmpty, let fwcfg = devices.lazy.compactMap({ $0 as? FwCfg }).first {
+            // SeaBIOS reads the boot order from this file before the CMOS one (-boot order=).
+            do { _ = try fwcfg.addFile(name: "bootorder", data: Array(paths.joined(separator: "\n").utf8) + [0]) } catch {
+                throw MachineError("bootindex: \(error)")
+            }
+        }
     }
 
     /// The IDE drives, for query-block and the media commands (call with `lock` held).
@@ -191,7 +201,8 @@ extension PCMachine {
     }
 }
 
-/// `-device ide-hd` / `ide-cd`: `drive=ID` (an if=none drive), `bus=ide.N`, `unit=U`.
+/// `-device ide-hd` / `ide-cd`: `drive=ID` (an if=none drive), `bus=ide.N`, `unit=U`,
+/// `bootindex=N` (fw_cfg bootorder).
 func attachIDEDevice(kind: ATADrive.Kind, list: inout OptionList, id: String?, context: inout DeviceContext) throws(ConfigError) {
     func fail(_ reason: String) -> ConfigError { ConfigError(option: "-device", value: list.text, reason: reason) }
     guard let assembly = context.ide else { throw fail("no IDE bus") }
@@ -204,6 +215,7 @@ func attachIDEDevice(kind: ATADrive.Kind, list: inout OptionList, id: String?, c
         bus = n
     }
     let unit = try list.takeUInt("unit", max: 1).map(Int.init)
+    let bootIndex = try list.takeUInt("bootindex", max: 1 << 30).map(Int.init)
     _ = list.take("serial")
     let slot: (Int, Int)
     if let bus {
@@ -229,6 +241,10 @@ func attachIDEDevice(kind: ATADrive.Kind, list: inout OptionList, id: String?, c
         do { medium = try spec.open() } catch { throw fail("\(error)") }
     } else if kind == .disk {
         throw fail("drive property not set")
+    }
+    if let bootIndex {
+        guard !assembly.bootIndices.contains(where: { $0.index == bootIndex }) else { throw fail("bootindex \(bootIndex) is used twice") }
+        assembly.bootIndices.append((bootIndex, slot.0, slot.1))
     }
     assembly.slots[slot.0][slot.1] = ATADrive(kind: kind, medium: medium, id: name, qdevID: id, serial: assembly.serial(),
                                               readOnly: readOnly)

@@ -123,6 +123,15 @@ final class StorageBootTests: XCTestCase {
         XCTAssertTrue(vm.stderr.contains("image format was not specified"), "the no-probing warning: \(vm.stderr)")
     }
 
+    func testBootIndexPutsTheCDROMFirst() throws {
+        // Both are bootable and CMOS says hard disk first; bootindex (fw_cfg bootorder) wins.
+        try expectBootSector(["-drive", "if=none,id=hd,file=\(try bootSectorDisk()),format=raw",
+                              "-drive", "if=none,id=cd,file=\(try bootSectorISO()),format=raw",
+                              "-device", "ide-hd,drive=hd,bus=ide.0,unit=0,bootindex=2",
+                              "-device", "ide-cd,drive=cd,bus=ide.1,unit=0,bootindex=1"],
+                             drive: "E0")
+    }
+
     func testDriveErrorsAreOneLineAndExitOne() throws {
         let cases: [([String], String)] = [
             (["-drive", "file=\(path("missing.img")),format=raw"], "could not open"),
