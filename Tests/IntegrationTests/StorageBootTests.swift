@@ -132,6 +132,23 @@ final class StorageBootTests: XCTestCase {
                              drive: "E0")
     }
 
+    /// guests/ide-dma.c as firmware: BAR4, PRD tables, IRQ 14 through the PIC on KVM.
+    func testBusMasterDMAGuestOnKVM() throws {
+        var disk = Data(count: 1024 * 512)
+        for n in 0..<1024 {
+            disk.replaceSubrange(n * 512..<(n + 1) * 512, with: [UInt8](repeating: UInt8(truncatingIfNeeded: n), count: 512))
+            withUnsafeBytes(of: UInt32(n).littleEndian) { disk.replaceSubrange(n * 512..<n * 512 + 4, with: $0) }
+        }
+        try disk.write(to: URL(fileURLWithPath: path("pattern.raw")))
+        let build = try VMProcess.guestsBuilt.get()
+        let (status, out, err) = try VMProcess.run(["-M", "pc", "-m", "64", "-nodefaults", "-nographic", "-serial", "stdio",
+                                                    "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
+                                                    "-bios", build.appendingPathComponent("ide-dma.bin").path,
+                                                    "-drive", "file=\(path("pattern.raw")),format=raw,if=ide,index=0"], timeout: 60)
+        XCTAssertTrue(out.contains("PASS ide-dma"), "guest output:\n\(out)\nstderr:\n\(err)")
+        XCTAssertEqual(status, 1)
+    }
+
     func testDriveErrorsAreOneLineAndExitOne() throws {
         let cases: [([String], String)] = [
             (["-drive", "file=\(path("missing.img")),format=raw"], "could not open"),
