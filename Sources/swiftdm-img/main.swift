@@ -521,12 +521,10 @@ func crashWriter(_ args: Arguments) throws {
     var index: UInt64 = 0
     while true {
         let (offset, bytes) = CrashPattern.write(seed: seed, index: index, imageSize: backend.size)
-        if index % 7 == 3 {
-            try backend.discard(at: offset, length: UInt64(bytes.count))
-        } else if index % 11 == 5 {
-            try backend.writeZeroes(at: offset, length: UInt64(bytes.count))
-        } else {
-            try backend.write(bytes, at: offset)
+        switch CrashPattern.operation(index: index) {
+        case 1: try backend.discard(at: offset, length: UInt64(bytes.count))
+        case 2: try backend.writeZeroes(at: offset, length: UInt64(bytes.count))
+        default: try backend.write(bytes, at: offset)
         }
         index += 1
         if index % 64 == 0 {
