@@ -121,6 +121,25 @@ final class IDEATAPITests: XCTestCase {
         XCTAssertTrue(rig.requestSense() == (0x02, 0x3A, 0x02), "tray open")
     }
 
+    func testStepwiseMediaChangeAsQMPDoesIt() throws {
+        let rig = try IDETestRig(diskSectors: nil, cdBlocks: 4)
+        guard let drive = rig.cdrom else { return XCTFail() }
+        let path = try IDETestRig.patternImage(at: rig.directory.appendingPathComponent("b.iso").path, blocks: 6, blockSize: 2048)
+        let backend = try BlockBackend(path: path, options: BlockOpenOptions(format: .raw, readOnly: true), workers: 1)
+        XCTAssertThrowsError(try drive.putMedium(backend), "tray closed")
+        drive.openTray()
+        XCTAssertThrowsError(try drive.putMedium(backend), "old medium still in")
+        drive.removeMedium()
+        try drive.putMedium(backend)
+        XCTAssertTrue(drive.trayOpen)
+        drive.closeTray()
+        XCTAssertEqual(drive.info.size, 6 * 2048)
+        rig.packet([0x25])
+        _ = rig.atapiReadAll()
+        XCTAssertTrue(rig.requestSense() == (0x02, 0x3A, 0x00), "the change is reported")
+        XCTAssertThrowsError(try ATADrive(kind: .disk, medium: nil, id: "hd", serial: "x").eject(force: true))
+    }
+
     func testATACommandsOnPacketDeviceAbortWithSignature() throws {
         let rig = try IDETestRig(diskSectors: nil, cdBlocks: 4)
         rig.outb(0x176, 0xA0)

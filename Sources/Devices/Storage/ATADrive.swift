@@ -38,12 +38,16 @@ public enum ATAMediaError: Error, Equatable, CustomStringConvertible {
     case notRemovable(id: String)
     /// The guest locked the tray; the guest was asked to eject (QEMU's answer, too).
     case locked(id: String)
+    case trayClosed(id: String)
+    case mediumPresent(id: String)
     case open(BlockError)
 
     public var description: String {
         switch self {
         case .notRemovable(let id): return "Device '\(id)' is not removable"
         case .locked(let id): return "Device '\(id)' is locked and force was not specified, wait for tray to open and try again"
+        case .trayClosed(let id): return "Tray of device '\(id)' is not open"
+        case .mediumPresent(let id): return "There already is a medium in device '\(id)'"
         case .open(let error): return error.description
         }
     }
@@ -143,6 +147,15 @@ public final class ATADrive: @unchecked Sendable {
         removeMedium()
         medium = backend
         closeTray()
+    }
+
+    /// blockdev-insert-medium: the tray must be open and empty, and stays open (closing it
+    /// later shows the guest the new medium).
+    public func putMedium(_ backend: BlockBackend) throws(ATAMediaError) {
+        guard isRemovable else { throw .notRemovable(id: id) }
+        guard trayOpen else { throw .trayClosed(id: id) }
+        guard medium == nil else { throw .mediumPresent(id: id) }
+        medium = backend
     }
 
     /// blockdev-change-medium: opens `path` (raw unless `format` says otherwise) and inserts it.
