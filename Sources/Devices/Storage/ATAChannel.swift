@@ -649,12 +649,18 @@ public final class ATAChannel: @unchecked Sendable {
         status = ATAStatus.busy | ATAStatus.seekComplete
         let generation = generation, buffer = buffer
         let start = monotonicNanoseconds()
+        // With the write cache turned off (SET FEATURES 0x82) a write completes only once stable.
+        let writeThrough = !drive.writeCacheEnabled
         medium.submitWork { [weak self] in
-            let failure = buffer.write(to: medium, at: offset, count: bytes)
+            var failure = buffer.write(to: medium, at: offset, count: bytes)
+            if failure == nil && writeThrough {
+                do throws(BlockError) { try medium.flush() } catch { failure = error }
+            }
+            let outcome = failure
             let elapsed = monotonicNanoseconds() &- start
             self?.poster.post { [weak self] in
                 guard let self, self.generation == generation else { return }
-                self.stored(bytes: bytes, failure: failure, elapsed: elapsed)
+                self.stored(bytes: bytes, failure: outcome, elapsed: elapsed)
             }
         }
     }
