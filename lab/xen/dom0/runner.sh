@@ -1,15 +1,16 @@
 #!/bin/bash
 # Runs one scenario inside dom0 (started by the host's `lab run` through the job queue).
-# usage: runner.sh SCENARIO OUTDIR DM CAPTURE
+# usage: runner.sh SCENARIO OUTDIR DM CAPTURE [TIME_SCALE]
 #   DM       path of the device model inside dom0 (a /share/dm/... file is copied to local disk first)
 #   CAPTURE  1: device_model_override -> dm-capture (argv/env/fds logger + QMP proxy) -> DM
 #            0: device_model_override -> DM directly
+#   TIME_SCALE every time limit in the scenario (wait_for, step, scaled) is multiplied by it
 # Writes OUTDIR/verdict ("PASS ..." or "FAIL ..."), OUTDIR/steps.tsv (timed steps), OUTDIR/metrics
 # (key=value), OUTDIR/report.txt (on failure: the reason plus the device model's log) and copies
 # every log of the run into OUTDIR. Each scenario is scenarios/NAME/run.sh defining `scenario`.
 set -u
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C
-SCENARIO=$1 OUT=$2 DM_SPEC=$3 CAPTURE=${4:-1}
+SCENARIO=$1 OUT=$2 DM_SPEC=$3 CAPTURE=${4:-1} SCALE=${5:-1}
 LAB=/opt/lab                     # lab tools + scenarios (copied from /share/lab by the job)
 GUEST=/var/lib/lab/guest         # guest payloads (copied from /share/payloads)
 WORK=/var/lib/lab/work           # per-scenario scratch (disks, ISOs, save files)
@@ -32,12 +33,14 @@ pass() { verdict PASS "$@"; exit 0; }
 fail() { verdict FAIL "$@"; exit 1; }
 metric() { echo "$1=$2" >> "$OUT/metrics"; log "metric $1=$2"; }
 
+scaled() { echo $(( $1 * SCALE )); }
+
 dm_alive() { [ -z "$DMPID" ] || kill -0 "$DMPID" 2>/dev/null; }
 
 # wait_for SECONDS CMD...: poll CMD every 0.5 s; 0 when it succeeds, 1 on timeout.
 # Fails the scenario at once if the device model of the current guest dies meanwhile.
 wait_for() {
-  local t=$1; shift
+  local t; t=$(scaled "$1"); shift
   local end=$(( $(date +%s) + t ))
   while :; do
     "$@" 2>/dev/null && return 0
@@ -51,12 +54,12 @@ wait_for() {
 }
 wait_until() {  # wait_until DESCRIPTION SECONDS CMD...
   local what=$1 t=$2; shift 2
-  wait_for "$t" "$@" || fail "timeout (${t}s) waiting for $what"
+  wait_for "$t" "$@" || fail "timeout ($(scaled "$t")s) waiting for $what"
 }
 
 # step NAME SECONDS CMD...: run CMD with a time limit, output to OUT/step-NAME.log, timing to steps.tsv
 step() {
-  local name=$1 t=$2; shift 2
+  local name=$1 t; t=$(scaled "$2"); shift 2
   local s=$(now) rc
   log "step $name: $*"
   timeout -k 5 "$t" "$@" > "$OUT/step-$name.log" 2>&1

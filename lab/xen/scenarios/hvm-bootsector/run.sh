@@ -10,7 +10,7 @@ scenario() {
     if xl dmesg | grep -q "(d$DOMID) .*LAB-HELLO"; then
       fail "the boot sector ran (its line reached Xen's port 0xe9) but nothing arrived on the emulated COM1 ($OUT/com1.log)"
     fi
-    fail "no output from the boot sector after 240s, neither on COM1 nor on port 0xe9: the guest did not boot the IDE disk"
+    fail "no output from the boot sector after $(scaled 240)s, neither on COM1 nor on port 0xe9: the guest did not boot the IDE disk"
   fi
   metric hello_after_create_s "$(elapsed "$t0")"
   step destroy 120 xl -vvv destroy hvm-bootsector || fail "xl destroy failed: $(xl_errors destroy 2)"

@@ -10,7 +10,7 @@ scenario() {
   guest_create ioreq-bench
   if ! wait_for 300 sh -c "xl dmesg | grep -q '(d$DOMID) .*BENCH DONE'"; then
     xl dmesg | grep "(d$DOMID)" | tail -5
-    fail "benchmark did not finish within 300s (last markers: $(xl dmesg | grep "(d$DOMID)" | grep -o "BENCH.*" | tail -2 | tr "\n" " "))"
+    fail "benchmark did not finish within $(scaled 300)s (last markers: $(xl dmesg | grep "(d$DOMID)" | grep -o "BENCH.*" | tail -2 | tr "\n" " "))"
   fi
   xl dmesg | grep "(d$DOMID) .*BENCH" > "$OUT/bench-markers.txt"
   xl dmesg | grep -q "(d$DOMID) .*BENCH OK" || fail "COM1 scratch register returned wrong values (BENCH MISMATCH): the DM's UART is broken"

@@ -21,7 +21,7 @@ scenario() {
   done
   [ -z "$bad" ] || fail "PV backends served by the DM not connected:$bad"
   step console 120 python3 "$LAB/dom0/lab-expect.py" --cmd "xl console pv-linux" --log "$OUT/console-session.log" \
-      --timeout 90 --probe 'echo LAB-SUM=$((6*7))' --want LAB-SUM=42 \
+      --timeout $(scaled 90) --probe 'echo LAB-SUM=$((6*7))' --want LAB-SUM=42 \
     || fail "no shell answered on the PV console: $(tail -1 "$OUT/step-console.log")"
   local d=$DOMID dm=$DMPID
   step destroy 120 xl -vvv destroy pv-linux || fail "xl destroy failed: $(xl_errors destroy 2)"
