@@ -2,6 +2,7 @@ import Backends
 import Config
 import DMCore
 import Devices
+import Monitor
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -176,6 +177,12 @@ extension PCMachine {
             throw MachineError("IDE controller: \(error)")
         }
         append(devices: [controller])
+        for drive in controller.drives where drive.isRemovable {
+            drive.onTrayMoved = { [weak self] drive, open in
+                self?.monitorEvents?.emit(event: "DEVICE_TRAY_MOVED", data: JSONObject([
+                    ("device", .string(drive.id)), ("id", .string(drive.qdevID ?? drive.id)), ("tray-open", .bool(open))]))
+            }
+        }
         let paths = assembly.bootOrderPaths
         if !paths.isEmpty, let fwcfg = devices.lazy.compactMap({ $0 as? FwCfg }).first {
             // SeaBIOS reads the boot order from this file before the CMOS one (-boot order=).
@@ -248,4 +255,92 @@ func attachIDEDevice(kind: ATADrive.Kind, list: inout OptionList, id: String?, c
     }
     assembly.slots[slot.0][slot.1] = ATADrive(kind: kind, medium: medium, id: name, qdevID: id, serial: assembly.serial(),
                                               readOnly: readOnly)
+}
+
+// MARK: monitor (QMP) side; call with `lock` held
+
+extension PCMachine {
+    /// QMP names a drive by its block device name (`device`, the -drive id) or its qdev `id`.
+    func drive(device: String?, id: String?) throws(QMPError) -> ATADrive {
+        let drives = blockDrives
+        if let id {
+            guard let drive = drives.first(where: { ($0.qdevID ?? $0.id) == id }) else { throw .deviceNotFound(id) }
+            return drive
+        }
+        let name = device ?? ""
+        guard let drive = drives.first(where: { $0.id == name }) else { throw .deviceNotFound(name) }
+        return drive
+    }
+
+    func ejectDrive(device: String?, id: String?, force: Bool) throws(QMPError) {
+        let drive = try drive(device: device, id: id)
+        do { try drive.eject(force: force) } catch { throw .generic(error.description) }
+    }
+
+    /// blockdev-change-medium / change: `format` raw unless given (no probing), `readOnlyMode`
+    /// retain, read-only or read-write (a CD is always read-only).
+    func changeDriveMedium(device: String?, id: String?, filename: String, format: String?, readOnlyMode: String?) throws(QMPError) {
+        let drive = try drive(device: device, id: id)
+        guard FileDescriptorSets.setID(inPath: filename) == nil else {
+            throw .generic("'\(filename)': fd sets are not supported for removable media yet")
+        }
+        guard let blockFormat = BlockFormat(rawValue: format ?? "raw") else {
+            throw .generic("Unknown driver '\(format ?? "")'")
+        }
+        switch readOnlyMode ?? "retain" {
+        case "retain", "read-only": break
+        case "read-write": throw .generic("Cannot change the read-only mode of a CD-ROM to read-write")
+        case let other: throw .generic("Parameter 'read-only-mode' does not accept value '\(other)'")
+        }
+        do { try drive.changeMedium(path: filename, format: blockFormat, readOnly: true) } catch {
+            throw .generic(error.description)
+        }
+    }
+
+    /// query-block's entries, in QEMU's shape.
+    var blockQueryEntries: [JSONValue] {
+        blockDrives.map { drive in
+            let info = drive.info
+            var entry = JSONObject([("device", .string(info.id)), ("qdev", .string(info.qdevID ?? info.id)),
+                                    ("locked", .bool(info.locked)), ("removable", .bool(info.removable))])
+            if let open = info.trayOpen { entry["tray_open"] = .bool(open) }
+            entry["io-status"] = "ok"
+            if let path = info.path, let format = info.format {
+                let image = JSONObject([("filename", .string(path)), ("format", .string(format)),
+                                        ("virtual-size", .int(info.size))])
+                entry["inserted"] = .object(JSONObject([
+                    ("file", .string(path)), ("ro", .bool(info.readOnly)), ("drv", .string(format)),
+                    ("encrypted", false), ("detect_zeroes", "off"), ("backing_file_depth", 0),
+                    ("bps", 0), ("bps_rd", 0), ("bps_wr", 0), ("iops", 0), ("iops_rd", 0), ("iops_wr", 0),
+                    ("write_threshold", 0), ("image", .object(image)),
+                    ("cache", .object(JSONObject([("writeback", true), ("direct", false), ("no-flush", false)]))),
+                ]))
+            }
+            entry["type"] = "unknown"
+            return .object(entry)
+        }
+    }
+
+    /// query-blockstats' entries with the drives' counters.
+    var blockStatsEntries: [JSONValue] {
+        blockDrives.map { drive in
+            let s = drive.stats
+            let stats = JSONObject([
+                ("rd_bytes", .int(s.readBytes)), ("wr_bytes", .int(s.writtenBytes)),
+                ("rd_operations", .int(s.readOperations)), ("wr_operations", .int(s.writeOperations)),
+                ("flush_operations", .int(s.flushOperations)),
+                ("rd_total_time_ns", .int(s.readTotalNanoseconds)), ("wr_total_time_ns", .int(s.writeTotalNanoseconds)),
+                ("flush_total_time_ns", .int(s.flushTotalNanoseconds)),
+                ("failed_rd_operations", .int(s.failedReadOperations)), ("failed_wr_operations", .int(s.failedWriteOperations)),
+                ("failed_flush_operations", .int(s.failedFlushOperations)),
+                ("invalid_rd_operations", 0), ("invalid_wr_operations", 0), ("invalid_flush_operations", 0),
+                ("rd_merged", 0), ("wr_merged", 0), ("wr_highest_offset", 0),
+                ("unmap_operations", 0), ("unmap_bytes", 0), ("unmap_merged", 0), ("unmap_total_time_ns", 0),
+                ("failed_unmap_operations", 0), ("invalid_unmap_operations", 0),
+                ("account_invalid", true), ("account_failed", true), ("timed_stats", []),
+            ])
+            return .object(JSONObject([("device", .string(drive.id)), ("qdev", .string(drive.qdevID ?? drive.id)),
+                                       ("stats", .object(stats))]))
+        }
+    }
 }

@@ -149,17 +149,16 @@ extension PCMachine: MonitorHost {
     }
 
     public func eject(device: String?, id: String?, force: Bool) throws(QMPError) {
-        // No removable media until the IDE controller exists.
-        throw .deviceNotFound(id ?? device ?? "")
+        try ejectDrive(device: device, id: id, force: force)  // Drives.swift
     }
 
     public func changeMedium(device: String?, id: String?, filename: String, format: String?, readOnlyMode: String?,
                              fdSets: FileDescriptorSets) throws(QMPError) {
-        throw .deviceNotFound(id ?? device ?? "")
+        try changeDriveMedium(device: device, id: id, filename: filename, format: format, readOnlyMode: readOnlyMode)
     }
 
-    public var blockDevices: [JSONValue] { [] }
-    public var blockStats: [JSONValue] { [] }
+    public var blockDevices: [JSONValue] { blockQueryEntries }
+    public var blockStats: [JSONValue] { blockStatsEntries }
     public var vncInfo: JSONValue? { nil }
 
     public func setVNCPassword(_ password: String) throws(QMPError) {

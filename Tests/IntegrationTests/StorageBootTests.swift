@@ -149,6 +149,31 @@ final class StorageBootTests: XCTestCase {
         XCTAssertEqual(status, 1)
     }
 
+    /// An empty CD drive gets its medium over QMP while SeaBIOS waits to retry the boot (QEMU
+    /// 7.2 crashed on this); after the reboot SeaBIOS boots the new CD.
+    func testMediumInsertedIntoEmptyDriveOverQMPBootsAfterReboot() throws {
+        let iso = try bootSectorISO()
+        let qmpPath = path("qmp.sock")
+        let vm = try VMProcess(["-m", "64", "-nodefaults", "-nographic", "-serial", "stdio", "-device", "isa-debug-exit",
+                                "-qmp", "unix:\(qmpPath),server=on,wait=off",
+                                "-drive", "if=none,readonly=on,id=ide-5632",
+                                "-device", "ide-cd,id=ide-5632,drive=ide-5632,bus=ide.1,unit=0",
+                                "-boot", "order=d,reboot-timeout=1000"])
+        XCTAssertNotNil(vm.waitForOutput("No bootable device", timeout: 60), vm.stdout + vm.stderr)
+        let qmp = try SerialSocket(path: qmpPath, timeout: 10)
+        XCTAssertTrue(qmp.wait(for: "\"QMP\"", timeout: 10), qmp.text)
+        qmp.send("{\"execute\":\"qmp_capabilities\"}\n", typing: false)
+        XCTAssertTrue(qmp.wait(for: "\"return\"", timeout: 10), qmp.text)
+        qmp.send("{\"execute\":\"blockdev-change-medium\",\"arguments\":{\"id\":\"ide-5632\",\"filename\":\"\(iso)\",\"format\":\"raw\"}}\n",
+                 typing: false)
+        XCTAssertTrue(qmp.wait(for: "\"return\"", timeout: 10), qmp.text)
+        XCTAssertTrue(qmp.text.contains("DEVICE_TRAY_MOVED"), qmp.text)
+        qmp.send("{\"execute\":\"query-block\"}\n", typing: false)
+        XCTAssertTrue(qmp.wait(for: "cd.iso", timeout: 10), qmp.text)
+        XCTAssertEqual(vm.waitForExit(timeout: 60), 99, vm.stdout + vm.stderr)
+        XCTAssertTrue(vm.stdout.contains("SWIFTDM BOOT OK DL=E0"), vm.stdout)
+    }
+
     func testDriveErrorsAreOneLineAndExitOne() throws {
         let cases: [([String], String)] = [
             (["-drive", "file=\(path("missing.img")),format=raw"], "could not open"),
@@ -269,8 +294,13 @@ final class SerialSocket: @unchecked Sendable {
 
     var text: String { String(decoding: received, as: UTF8.self) }
 
-    func send(_ text: String) {
-        // One byte at a time, as typed: GRUB reads its serial port by polling.
+    /// `typing`: one byte at a time, as typed (GRUB reads its serial port by polling).
+    func send(_ text: String, typing: Bool = true) {
+        guard typing else {
+            let bytes = Array(text.utf8)
+            _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            return
+        }
         for byte in text.utf8 {
             var b = byte
             _ = write(fd, &b, 1)
