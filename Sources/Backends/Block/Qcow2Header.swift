@@ -287,6 +287,11 @@ public struct Qcow2Header: Sendable {
             var diskSize: UInt64?
             if extraLength >= 8 { vmStateSize = variable.bigEndian64(at: 0) }
             if extraLength >= 16 { diskSize = variable.bigEndian64(at: 8) }
+            // The snapshot's L1 table must be as sane as the active one (its clusters are
+            // walked by check and recorded as metadata).
+            let l1Offset = fixed.bigEndian64(at: 0), l1Size = UInt64(fixed.bigEndian32(at: 8))
+            guard l1Size * 8 <= Qcow2Layout.maxL1Bytes else { throw bad("snapshot L1 table of \(l1Size) entries is too large") }
+            try header.checkTable(offset: l1Offset, bytes: l1Size * 8, name: "snapshot L1 table", fileSize: fileSize, path: file.path)
             let id = String(decoding: variable[extraLength..<extraLength + idLength], as: UTF8.self)
             let name = String(decoding: variable[(extraLength + idLength)...], as: UTF8.self)
             snapshots.append(Qcow2Snapshot(id: id, name: name, vmStateSize: vmStateSize,

@@ -63,7 +63,7 @@ public final class Qcow2Image: BlockDriver, @unchecked Sendable {
         let bits = probe.bigEndian32(at: 20)
         guard (9...21).contains(bits) else { throw .invalidImage(path: file.path, reason: "cluster_bits \(bits) outside 9...21") }
         let firstCluster = try file.read(at: 0, count: 1 << Int(bits))
-        var header = try Qcow2Header.parse(firstCluster, fileSize: fileSize, path: file.path)
+        let header = try Qcow2Header.parse(firstCluster, fileSize: fileSize, path: file.path)
         clusterSize = header.clusterSize
         clusterBits = UInt64(header.clusterBits)
         l2EntryCount = clusterSize / 8
@@ -460,7 +460,9 @@ public final class Qcow2Image: BlockDriver, @unchecked Sendable {
     /// Drops the storage behind a replaced mapping once the replacement is durable.
     private func scheduleFree(_ mapping: Mapping) {
         switch mapping {
-        case let .data(host, _), let .zero(host) where host != 0:
+        case let .data(host, _):
+            pendingFrees.append(host >> clusterBits)
+        case let .zero(host) where host != 0:
             pendingFrees.append(host >> clusterBits)
         case let .compressed(entry):
             if let (host, length) = try? compressedExtent(entry) {
@@ -897,6 +899,9 @@ public final class Qcow2Image: BlockDriver, @unchecked Sendable {
             reference(header.snapshotsOffset, tableEnd - header.snapshotsOffset, "snapshot table")
         }
         var previousHost: UInt64 = 0
+        // (host cluster, has the copied flag, what) for the active tables: the flag must be set
+        // exactly when the refcount is 1; compared once refcounts are final.
+        var copiedFlags: [(UInt64, Bool, String)] = []
         func walk(l1Table: [UInt64], active: Bool) throws(BlockError) {
             for (i, entry) in l1Table.enumerated() {
                 let l2At = entry & Qcow2Layout.offsetMask
@@ -908,6 +913,7 @@ public final class Qcow2Image: BlockDriver, @unchecked Sendable {
                     continue
                 }
                 reference(l2At, clusterSize, "L2 table")
+                if active { copiedFlags.append((l2At, entry & Qcow2Layout.copiedFlag != 0, "L2 table at \(l2At)")) }
                 let bytes = try file.read(at: l2At, count: Int(clusterSize))
                 for j in 0..<Int(l2EntryCount) {
                     let l2Entry = bytes.bigEndian64(at: j * 8)
@@ -924,6 +930,8 @@ public final class Qcow2Image: BlockDriver, @unchecked Sendable {
                         case let .data(host, _), let .zero(host):
                             if host != 0 { reference(host, clusterSize, "data cluster") }
                             if active, host != 0 {
+                                copiedFlags.append((host, l2Entry & Qcow2Layout.copiedFlag != 0,
+                                                    "data cluster: l2_entry=\(String(l2Entry, radix: 16))"))
                                 report.allocatedClusters += 1
                                 if previousHost != 0 && host != previousHost + clusterSize { report.fragmentedClusters += 1 }
                                 previousHost = host
@@ -980,6 +988,13 @@ public final class Qcow2Image: BlockDriver, @unchecked Sendable {
                     refcounts.setRefcount(of: cluster, to: expected)
                     report.corruptionsFixed += 1
                 }
+            }
+        }
+        for (host, flagged, what) in copiedFlags {
+            let count = try refcounts.refcount(of: host >> clusterBits, file: file, fileEnd: fileClusters << clusterBits)
+            if (count == 1) != flagged {
+                report.corruptions += 1
+                report.messages.append("ERROR OFLAG_COPIED \(what) refcount=\(count)")
             }
         }
         report.totalClusters = (header.size + clusterSize - 1) >> clusterBits
