@@ -159,6 +159,19 @@ final class IDEControllerTests: XCTestCase {
         XCTAssertNotEqual(rig.inb(0x172), 0x55, "no device latches the register (SeaBIOS's presence test)")
     }
 
+    func testXenUnplugRemovesDisksButNotCDROMs() throws {
+        let rig = try IDETestRig(diskSectors: 64, cdBlocks: 4)
+        XCTAssertEqual(rig.controller.unplugDisks(keepPrimaryMaster: true), [], "bit 2 keeps the primary master")
+        XCTAssertEqual(rig.controller.unplugDisks(keepPrimaryMaster: false), ["ide0-hd0"])
+        rig.outb(0x1F6, 0xA0)
+        XCTAssertEqual(rig.inb(0x1F7), 0, "the disk is gone")
+        rig.outb(0x1F7, 0xEC)
+        XCTAssertFalse(rig.irq14)
+        XCTAssertEqual(rig.controller.drives.map(\.id), ["ide1-cd0"])
+        rig.packet([0x00])
+        XCTAssertEqual(rig.atapiReadAll().1 & 0x01, 0, "the CD still answers")
+    }
+
     func testSnapshotMidPIOReadResumes() throws {
         let rig = try IDETestRig(diskSectors: 64)
         rig.command28(0x20, lba: 7, count: 2)

@@ -84,6 +84,27 @@ public final class PIIX3IDEController: PCIDevice, Snapshottable, Resettable, @un
         }
     }
 
+    /// The Xen unplug protocol (docs/misc/hvm-emulated-unplug): once PV drivers take over, the
+    /// emulated disks disappear so the guest cannot use both paths to one image. CD-ROMs stay.
+    /// `keepPrimaryMaster` is the protocol's bit 2 ("all IDE disks except the primary master").
+    /// Returns the ids of the drives removed.
+    @discardableResult
+    public func unplugDisks(keepPrimaryMaster: Bool) -> [String] {
+        var removed: [String] = []
+        for channel in channels {
+            for unit in 0..<2 {
+                guard let drive = channel.drives[unit], drive.kind == .disk else { continue }
+                if keepPrimaryMaster && channel.index == 0 && unit == 0 { continue }
+                if channel.phase != .idle && channel.unit == unit { channel.cancelTransfer() }
+                channel.drives[unit] = nil
+                channel.resetDrive(unit)
+                drive.removeMedium()
+                removed.append(drive.id)
+            }
+        }
+        return removed
+    }
+
     public var stateID: String { "piix3-ide" }
     public var stateVersion: UInt32 { 1 }
 
