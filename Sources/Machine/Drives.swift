@@ -223,7 +223,8 @@ func attachIDEDevice(kind: ATADrive.Kind, list: inout OptionList, id: String?, c
     }
     let unit = try list.takeUInt("unit", max: 1).map(Int.init)
     let bootIndex = try list.takeUInt("bootindex", max: 1 << 30).map(Int.init)
-    _ = list.take("serial")
+    // The IDENTIFY serial number (20 characters at most); QEMU's QMnnnnn otherwise.
+    let serial = list.take("serial").map { String($0.prefix(20)) }
     let slot: (Int, Int)
     if let bus {
         guard let u = unit ?? (0..<2).first(where: { assembly.slots[bus][$0] == nil }) else { throw fail("IDE bus ide.\(bus) is full") }
@@ -253,7 +254,7 @@ func attachIDEDevice(kind: ATADrive.Kind, list: inout OptionList, id: String?, c
         guard !assembly.bootIndices.contains(where: { $0.index == bootIndex }) else { throw fail("bootindex \(bootIndex) is used twice") }
         assembly.bootIndices.append((bootIndex, slot.0, slot.1))
     }
-    assembly.slots[slot.0][slot.1] = ATADrive(kind: kind, medium: medium, id: name, qdevID: id, serial: assembly.serial(),
+    assembly.slots[slot.0][slot.1] = ATADrive(kind: kind, medium: medium, id: name, qdevID: id, serial: serial ?? assembly.serial(),
                                               readOnly: readOnly)
 }
 
