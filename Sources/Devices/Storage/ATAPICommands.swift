@@ -171,6 +171,17 @@ extension ATAChannel {
             var data = [UInt8](repeating: 0, count: 8)
             data[1] = drive.trayOpen ? 0x10 : 0
             reply(data, allocation: packetBE16(8))
+        case 0x51:  // READ DISC INFORMATION: one closed session with one data track
+            guard drive.accessibleMedium != nil else { return notReady(drive) }
+            guard buffer.bytes[1] & 0x07 == 0 else {
+                return atapiCheckCondition(senseKey: SCSISense.illegalRequest, asc: SCSISense.invalidField)
+            }
+            var info = [UInt8](repeating: 0, count: 34)
+            info[1] = 32
+            info[2] = 0x0E  // last session complete, disc complete
+            info[3] = 1; info[4] = 1; info[5] = 1; info[6] = 1
+            info[7] = 0x20  // unrestricted use
+            reply(info, allocation: packetBE16(7))
         case 0x2B, 0xBB:  // SEEK, SET CD SPEED
             atapiCommandComplete()
         default:
