@@ -2,8 +2,9 @@
  * ide-dma: PIIX3 IDE at 00:01.1 on KVM, the way ata_piix drives it. Programs BAR4 itself (it
  * runs as firmware), IDENTIFY by PIO, READ DMA EXT through a two-entry PRD table, WRITE DMA
  * then READ SECTORS back, and an out-of-range READ DMA; every completion must arrive as
- * IRQ 14 through the 8259. The test's disk has sector n starting with n (LE32) and filled
- * with n's low byte.
+ * IRQ 14 through the 8259; then an ATAPI READ (10) by DMA on the secondary channel, on IRQ 15.
+ * The test's disk has sector n starting with n (LE32) and filled with n's low byte; its CD the
+ * same with 2048-byte blocks.
  */
 #include "rt.h"
 GUEST("ide-dma");
@@ -13,7 +14,13 @@ GUEST("ide-dma");
 #define PRD      0x3F0000u
 #define DATA     0x400000u
 #define DATA2    0x480000u
-static volatile u32 irq14_count;
+static volatile u32 irq14_count, irq15_count;
+
+static void on_irq15(struct irq_frame *f)
+{
+    irq15_count++;
+    pic_eoi(15);
+}
 
 static void on_irq14(struct irq_frame *f)
 {
@@ -52,8 +59,9 @@ void guest_main(void)
     cli();
     lapic_virtual_wire();
     pic_init(VEC_BASE, VEC_BASE + 8);
-    pic_set_mask(0xFFFF & ~((1 << 2) | (1 << 14)));
+    pic_set_mask(0xFFFF & ~((1 << 2) | (1 << 14) | (1 << 15)));
     set_irq_handler(VEC_BASE + 14, on_irq14);
+    set_irq_handler(VEC_BASE + 15, on_irq15);
     sti();
 
     int bdf = pci_find(0x8086, 0x7010);
@@ -135,5 +143,34 @@ void guest_main(void)
     CHECK_EQ("error register ABRT", inb(0x1F1), 0x04);
     outb(BM, 0x00);
     info("%u interrupts on IRQ 14", irq14_count);
+
+    /* The CD-ROM on the secondary master (2048-byte blocks patterned like the disk's sectors):
+     * PACKET with READ (10) of blocks 5-6 by DMA, completion on IRQ 15. */
+    outb(0x376, 0x00);
+    outb(0x176, 0xA0);
+    CHECK_EQ("packet signature", inb(0x174) | inb(0x175) << 8, 0xEB14);
+    prd[0] = DATA; prd[1] = 0x80000000u | 4096;
+    outl(BM + 8 + 4, PRD);
+    outb(BM + 8 + 2, 0x06);
+    outb(BM + 8, 0x08);
+    outb(0x171, 0x01);                          /* DMA */
+    outb(0x174, 0x00); outb(0x175, 0x10);
+    outb(0x177, 0xA0);
+    u64 t0 = rdtsc();
+    while ((inb(0x376) & 0x88) != 0x08 && !tsc_elapsed(t0, TSC_SECOND)) cpu_relax();
+    static const u16 cdb[6] = { 0x0028, 0x0000, 0x0500, 0x0000, 0x0002, 0x0000 };  /* READ(10) LBA 5, 2 blocks */
+    for (int i = 0; i < 6; i++) outw(0x170, cdb[i]);
+    outb(BM + 8, 0x09);
+    t0 = rdtsc();
+    while (irq15_count < 1 && !tsc_elapsed(t0, TSC_SECOND * 5)) cpu_relax();
+    CHECK(irq15_count >= 1, "ATAPI DMA: no IRQ 15");
+    st = inb(0x177);
+    CHECK_EQ("ATAPI status", st & 0x89, 0x00);
+    CHECK_EQ("ATAPI interrupt reason (status phase)", inb(0x172) & 3, 3);
+    CHECK_EQ("secondary BM status", inb(BM + 8 + 2) & 0x07, 0x04);
+    outb(BM + 8, 0x00);
+    CHECK_EQ("block 5", *(volatile u32 *)DATA, 5);
+    CHECK_EQ("block 6", *(volatile u32 *)(DATA + 2048), 6);
+    CHECK_EQ("block 6 fill", *(volatile u8 *)(DATA + 4095), 6);
     finish();
 }

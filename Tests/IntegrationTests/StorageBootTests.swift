@@ -132,7 +132,7 @@ final class StorageBootTests: XCTestCase {
                              drive: "E0")
     }
 
-    /// guests/ide-dma.c as firmware: BAR4, PRD tables, IRQ 14 through the PIC on KVM.
+    /// guests/ide-dma.c as firmware: BAR4, PRD tables, IRQ 14 and 15 through the PIC on KVM, ATA and ATAPI DMA.
     func testBusMasterDMAGuestOnKVM() throws {
         var disk = Data(count: 1024 * 512)
         for n in 0..<1024 {
@@ -140,11 +140,19 @@ final class StorageBootTests: XCTestCase {
             withUnsafeBytes(of: UInt32(n).littleEndian) { disk.replaceSubrange(n * 512..<n * 512 + 4, with: $0) }
         }
         try disk.write(to: URL(fileURLWithPath: path("pattern.raw")))
+        var cd = Data(count: 16 * 2048)
+        for n in 0..<16 {
+            cd.replaceSubrange(n * 2048..<(n + 1) * 2048, with: [UInt8](repeating: UInt8(n), count: 2048))
+            withUnsafeBytes(of: UInt32(n).littleEndian) { cd.replaceSubrange(n * 2048..<n * 2048 + 4, with: $0) }
+        }
+        try cd.write(to: URL(fileURLWithPath: path("pattern.iso")))
         let build = try VMProcess.guestsBuilt.get()
         let (status, out, err) = try VMProcess.run(["-M", "pc", "-m", "64", "-nodefaults", "-nographic", "-serial", "stdio",
                                                     "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
                                                     "-bios", build.appendingPathComponent("ide-dma.bin").path,
-                                                    "-drive", "file=\(path("pattern.raw")),format=raw,if=ide,index=0"], timeout: 60)
+                                                    "-drive", "file=\(path("pattern.raw")),format=raw,if=ide,index=0",
+                                                    "-drive", "file=\(path("pattern.iso")),format=raw,if=ide,index=2,media=cdrom"],
+                                                   timeout: 60)
         XCTAssertTrue(out.contains("PASS ide-dma"), "guest output:\n\(out)\nstderr:\n\(err)")
         XCTAssertEqual(status, 1)
     }
