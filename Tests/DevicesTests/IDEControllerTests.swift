@@ -49,6 +49,19 @@ final class IDEControllerTests: XCTestCase {
         XCTAssertEqual(rig.disk?.stats.readOperations, 1)
     }
 
+    func testThirtyTwoBitPIO() throws {
+        let rig = try IDETestRig(diskSectors: 64)
+        rig.command28(0x20, lba: 12, count: 1)
+        rig.waitNotBusy()
+        var bytes: [UInt8] = []
+        for _ in 0..<128 {
+            let v = rig.controller.read(region: PIIX3IDEController.primaryCommandRegion, offset: 0, size: 4)
+            for i in 0..<4 { bytes.append(UInt8(truncatingIfNeeded: v >> (8 * UInt64(i)))) }
+        }
+        XCTAssertEqual(bytes, IDETestRig.expectedBlock(12, size: 512))
+        XCTAssertEqual(rig.inb(0x3F6), 0x50)
+    }
+
     func testChsAddressing() throws {
         let rig = try IDETestRig(diskSectors: 2048)
         // Cylinder 1, head 2, sector 3 with 16 heads and 63 sectors: (1*16+2)*63+2 = 1136.
