@@ -338,9 +338,6 @@ func convert(_ args: Arguments) throws {
     let destination = try BlockDrivers.open(path: destinationPath, options: BlockOpenOptions(
         format: outputFormat, cache: cache, locking: !args.has("U")))
     let showProgress = args.has("p")
-    let chunk = 2 << 20
-    var buffer = [UInt8](repeating: 0, count: chunk)
-    var offset: UInt64 = 0
     var lastShown = -1.0
     func progress(_ done: UInt64) {
         guard showProgress else { return }
@@ -353,45 +350,122 @@ func convert(_ args: Arguments) throws {
         }
     }
     progress(0)
-    while offset < size {
-        let want = min(UInt64(chunk), size - offset)
-        // Skip what reads as zeroes in the source: the new target reads zeroes there already.
-        let (kind, run) = try source.allocation(at: offset, length: want)
-        if kind != .data && createOptions.backingFile == nil {
-            offset += run
-            progress(offset)
-            continue
-        }
-        let count = Int(min(run, want))
-        try buffer.withMutableBytesOrFail { raw throws(BlockError) in try source.read(into: UnsafeMutableRawBufferPointer(rebasing: raw[0..<count]), at: offset) }
-        // Sparse output like qemu-img's -S 4k default: all-zero 4 KiB blocks are not written.
-        var position = 0
-        while position < count {
-            let step = min(4096, count - position)
-            var zero = true
-            for i in position..<position + step where buffer[i] != 0 { zero = false; break }
-            if zero && createOptions.backingFile == nil {
-                position += step
-                continue
-            }
-            var end = position + step
-            while end < count {
-                let next = min(4096, count - end)
-                var nextZero = true
-                for i in end..<end + next where buffer[i] != 0 { nextZero = false; break }
-                if nextZero { break }
-                end += next
-            }
-            let start = position
-            try buffer.withBytesOrFail { raw throws(BlockError) in try destination.write(from: UnsafeRawBufferPointer(rebasing: raw[start..<end]), at: offset + UInt64(start)) }
-            position = end
-        }
-        offset += UInt64(count)
-        progress(offset)
+    // Reads run ahead on worker threads (a window of `slots` chunks); the main thread writes
+    // the chunks in order, so a qcow2 target is allocated sequentially.
+    let skipZeroes = createOptions.backingFile == nil
+    let chunk: UInt64 = 2 << 20
+    let chunkCount = Int((size + chunk - 1) / chunk)
+    let slots = (0..<4).map { _ in ConvertSlot(capacity: Int(chunk)) }
+    let reader = BlockBackend(driver: source, workers: 3, queueDepth: slots.count)
+    func startRead(_ index: Int) {
+        let slot = slots[index % slots.count]
+        let offset = UInt64(index) * chunk
+        slot.count = Int(min(chunk, size - offset))
+        reader.submitWork { slot.fill(from: source, at: offset, skipUnallocated: skipZeroes) }
     }
+    var submitted = 0
+    for index in 0..<chunkCount {
+        while submitted < chunkCount && submitted < index + slots.count {
+            startRead(submitted)
+            submitted += 1
+        }
+        let slot = slots[index % slots.count]
+        sem_wait(slot.ready)
+        if let error = slot.error { throw error }
+        let offset = UInt64(index) * chunk
+        for run in slot.dataRuns(skipZeroes: skipZeroes) {
+            try slot.buffer.withBytesOrFail { raw throws(BlockError) in
+                try destination.write(from: UnsafeRawBufferPointer(rebasing: raw[run]), at: offset + UInt64(run.lowerBound))
+            }
+        }
+        progress(offset + UInt64(slot.count))
+    }
+    reader.pool.shutdownWorkers()
     try destination.flush()
     try destination.close()
     if showProgress { print("") }
+}
+
+/// One chunk of `convert` in flight: filled by a worker, written by the main thread.
+final class ConvertSlot: @unchecked Sendable {
+    var buffer: [UInt8]
+    var count = 0
+    var error: BlockError?
+    /// Which 4 KiB blocks hold only zeroes.
+    var zeroBlocks: [Bool] = []
+    let ready: UnsafeMutablePointer<sem_t>
+    static let block = 4096
+
+    init(capacity: Int) {
+        buffer = [UInt8](repeating: 0, count: capacity)
+        ready = .allocate(capacity: 1)
+        sem_init(ready, 0, 0)
+    }
+
+    /// Reads [offset, offset+count) (ranges without data are zero-filled without reading) and
+    /// finds the all-zero blocks, which a fresh target need not be written.
+    func fill(from source: any BlockDriver, at offset: UInt64, skipUnallocated: Bool) {
+        let total = count
+        error = nil
+        do {
+            try buffer.withMutableBytesOrFail { raw throws(BlockError) in
+                var done = 0
+                while done < total {
+                    let (kind, run) = try source.allocation(at: offset + UInt64(done), length: UInt64(total - done))
+                    let length = Int(min(run, UInt64(total - done)))
+                    let piece = UnsafeMutableRawBufferPointer(rebasing: raw[done..<done + length])
+                    if kind != .data && skipUnallocated {
+                        piece.initializeMemory(as: UInt8.self, repeating: 0)
+                    } else {
+                        try source.read(into: piece, at: offset + UInt64(done))
+                    }
+                    done += length
+                }
+            }
+        } catch let failure as BlockError {
+            error = failure
+        } catch {
+            self.error = .invalidArgument("\(error)")
+        }
+        zeroBlocks = buffer.withUnsafeBytes { raw in
+            stride(from: 0, to: total, by: Self.block).map { start in
+                isAllZero(UnsafeRawBufferPointer(rebasing: raw[start..<min(start + Self.block, total)]))
+            }
+        }
+        sem_post(ready)
+    }
+
+    /// Maximal runs of blocks to write (all of them when zeroes must be written too).
+    func dataRuns(skipZeroes: Bool) -> [Range<Int>] {
+        guard skipZeroes else { return count > 0 ? [0..<count] : [] }
+        var runs: [Range<Int>] = []
+        var start: Int?
+        for (index, zero) in zeroBlocks.enumerated() {
+            let position = index * Self.block
+            if !zero && start == nil { start = position }
+            if zero, let begin = start {
+                runs.append(begin..<position)
+                start = nil
+            }
+        }
+        if let begin = start { runs.append(begin..<count) }
+        return runs
+    }
+}
+
+/// Whether every byte is zero, eight at a time.
+func isAllZero(_ bytes: UnsafeRawBufferPointer) -> Bool {
+    var index = 0
+    let count = bytes.count
+    while index + 8 <= count {
+        if bytes.loadUnaligned(fromByteOffset: index, as: UInt64.self) != 0 { return false }
+        index += 8
+    }
+    while index < count {
+        if bytes[index] != 0 { return false }
+        index += 1
+    }
+    return true
 }
 
 extension Array where Element == UInt8 {

@@ -14,7 +14,7 @@ public final class BlockBackend: Sendable {
     public var isReadOnly: Bool { driver.isReadOnly }
     public var path: String { driver.path }
     public var format: BlockFormat { driver.format }
-    let pool: BlockWorkerPool
+    public let pool: BlockWorkerPool
 
     /// Opens an image; `workers` threads serve the asynchronous API (started on first use),
     /// with at most `queueDepth` requests waiting.

@@ -1,3 +1,4 @@
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -157,6 +158,7 @@ public final class RawDriver: BlockDriver, @unchecked Sendable {
     }
 
     public func write(from buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(BlockError) {
+        lastRun.withLock { $0 = nil }
         try file.write(from: buffer, at: offset)
     }
 
@@ -164,17 +166,30 @@ public final class RawDriver: BlockDriver, @unchecked Sendable {
 
     public func discard(at offset: UInt64, length: UInt64) throws(BlockError) {
         guard !isReadOnly else { throw .readOnly(path: path) }
+        lastRun.withLock { $0 = nil }
         if !file.isBlockDevice { file.punchHole(at: offset, length: length) }
     }
 
     public func writeZeroes(at offset: UInt64, length: UInt64) throws(BlockError) {
+        lastRun.withLock { $0 = nil }
         try file.writeZeroes(at: offset, length: length)
     }
 
+    /// The last data-or-hole run found: SEEK_DATA/SEEK_HOLE can cost milliseconds per call
+    /// (tmpfs scans to the end of the file), and callers walk a file front to back.
+    private let lastRun = Mutex<(start: UInt64, end: UInt64, isData: Bool)?>(nil)
+
     public func allocation(at offset: UInt64, length: UInt64) throws(BlockError) -> (BlockAllocation, UInt64) {
         if file.isBlockDevice { return (.data, length) }
-        let run = file.dataRun(at: offset, length: length)
-        return (run.isData ? .data : .zero, max(run.length, 1))
+        if let run = lastRun.withLock({ $0 }), offset >= run.start, offset < run.end {
+            return (run.isData ? .data : .zero, min(length, run.end - offset))
+        }
+        // Ask about everything up to the end of the file, then answer from the cached run.
+        let wholeRest = size > offset ? size - offset : length
+        let run = file.dataRun(at: offset, length: max(wholeRest, length))
+        let found = max(run.length, 1)
+        lastRun.withLock { $0 = (offset, offset + found, run.isData) }
+        return (run.isData ? .data : .zero, min(length, found))
     }
 
     public func resize(to newSize: UInt64) throws(BlockError) {

@@ -4,7 +4,7 @@ import Glibc
 
 /// A few pthreads taking closures from a bounded FIFO. Block I/O runs here so that the vCPU,
 /// ioreq and event-loop threads never block on the disk. Threads start on first use.
-final class BlockWorkerPool: @unchecked Sendable {
+public final class BlockWorkerPool: @unchecked Sendable {
     private let threadCount: Int
     private let capacity: Int
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
@@ -93,6 +93,9 @@ final class BlockWorkerPool: @unchecked Sendable {
             work?()
         }
     }
+
+    /// Finishes queued work and joins the threads, leaving the driver open. Idempotent.
+    public func shutdownWorkers() { shutdown() }
 
     /// Finishes queued work and joins the threads. Idempotent.
     func shutdown() {

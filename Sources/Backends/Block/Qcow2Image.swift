@@ -408,27 +408,30 @@ public final class Qcow2Image: BlockDriver, @unchecked Sendable {
         let count = old.count
         let consumed = Int(min(covered, wanted) - head)
 
-        // Assemble the new clusters: old contents for the partial head and tail, then the data.
-        var staging = [UInt8](repeating: 0, count: Int(covered))
-        let guestBase = guest - head
-        try staging.withMutableBytes { (buffer: UnsafeMutableRawBufferPointer) throws(BlockError) in
-            if head > 0 {
-                try readOldContents(old[0], guest: guestBase, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(head)]))
-            }
-            let tailStart = Int(head) + consumed
-            if tailStart < buffer.count {
-                let lastCluster = guestBase + UInt64(count - 1) * clusterSize
-                let from = tailStart - (count - 1) * Int(clusterSize)
-                let target = UnsafeMutableRawBufferPointer(rebasing: buffer[tailStart...])
-                try readOldContents(old[count - 1], guest: lastCluster + UInt64(from), into: target, offsetInCluster: from)
-            }
-            UnsafeMutableRawBufferPointer(rebasing: buffer[Int(head)..<tailStart])
-                .copyMemory(from: UnsafeRawBufferPointer(rebasing: source[0..<consumed]))
-        }
-
-        // Data first, then the L2 entries that point at it.
         let host = try allocateClusters(UInt64(count))
-        try file.write(staging, at: host)
+        // Data first, then the L2 entries that point at it. Whole clusters go straight from
+        // the caller's buffer; partial ones are assembled with the old contents around them.
+        if head == 0 && UInt64(consumed) == covered {
+            try file.write(from: UnsafeRawBufferPointer(rebasing: source[0..<consumed]), at: host)
+        } else {
+            var staging = [UInt8](repeating: 0, count: Int(covered))
+            let guestBase = guest - head
+            try staging.withMutableBytes { (buffer: UnsafeMutableRawBufferPointer) throws(BlockError) in
+                if head > 0 {
+                    try readOldContents(old[0], guest: guestBase, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(head)]))
+                }
+                let tailStart = Int(head) + consumed
+                if tailStart < buffer.count {
+                    let lastCluster = guestBase + UInt64(count - 1) * clusterSize
+                    let from = tailStart - (count - 1) * Int(clusterSize)
+                    let target = UnsafeMutableRawBufferPointer(rebasing: buffer[tailStart...])
+                    try readOldContents(old[count - 1], guest: lastCluster + UInt64(from), into: target, offsetInCluster: from)
+                }
+                UnsafeMutableRawBufferPointer(rebasing: buffer[Int(head)..<tailStart])
+                    .copyMemory(from: UnsafeRawBufferPointer(rebasing: source[0..<consumed]))
+            }
+            try file.write(staging, at: host)
+        }
         for i in 0..<count {
             table.entries[firstIndex + i] = (host + UInt64(i) * clusterSize) | Qcow2Layout.copiedFlag
         }
