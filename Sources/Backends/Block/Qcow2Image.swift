@@ -50,8 +50,11 @@ public final class Qcow2Image: BlockDriver, @unchecked Sendable {
     private var lazyRefcounts: Bool
     private var closed = false
     private var decompressed: (entry: UInt64, bytes: [UInt8])?
-    /// How many clusters to reserve at once (about 8 MiB).
-    private let reserveBatch: UInt64
+    /// How many clusters to reserve at once. Each reservation costs a durability barrier
+    /// (which also flushes the file's dirty data), so the batch doubles after every use, up
+    /// to a quarter of what one refcount block covers (512 MiB with 64 KiB clusters).
+    private var reserveBatch: UInt64
+    private let maxReserveBatch: UInt64
 
     init(file: BlockFile, options: BlockOpenOptions, chain: [FileIdentity]) throws(BlockError) {
         self.file = file
@@ -67,9 +70,11 @@ public final class Qcow2Image: BlockDriver, @unchecked Sendable {
         clusterSize = header.clusterSize
         clusterBits = UInt64(header.clusterBits)
         l2EntryCount = clusterSize / 8
-        // About 8 MiB, but well inside one refcount block's coverage so batches stay contiguous.
+        // From about 8 MiB, staying well inside one refcount block's coverage so that batches
+        // stay contiguous.
         let perRefcountBlock = header.clusterSize * 8 / UInt64(header.refcountBits)
-        reserveBatch = max(16, min((8 << 20) / header.clusterSize, perRefcountBlock / 4))
+        maxReserveBatch = max(16, perRefcountBlock / 4)
+        reserveBatch = max(16, min((8 << 20) / header.clusterSize, maxReserveBatch))
         isReadOnly = options.readOnly
 
         if !options.readOnly {
@@ -363,8 +368,17 @@ public final class Qcow2Image: BlockDriver, @unchecked Sendable {
             if let (host, length) = inPlace {
                 try file.write(from: UnsafeRawBufferPointer(rebasing: remaining[0..<length]), at: host)
                 done += length
-            } else {
-                done += try lock.withLock { _ throws(BlockError) in try allocatingWrite(at: guest, from: remaining) }
+                continue
+            }
+            switch try lock.withLock({ _ throws(BlockError) in try allocatingWrite(at: guest, from: remaining) }) {
+            case let .written(length):
+                done += length
+            case let .pending(allocation):
+                // Whole clusters: the data goes to the new clusters outside the lock (other
+                // requests proceed), then the L2 entries are committed.
+                try file.write(from: UnsafeRawBufferPointer(rebasing: remaining[0..<allocation.length]), at: allocation.host)
+                try lock.withLock { _ throws(BlockError) in try commit(allocation) }
+                done += allocation.length
             }
         }
     }
@@ -380,9 +394,38 @@ public final class Qcow2Image: BlockDriver, @unchecked Sendable {
         }
     }
 
+    /// Freshly allocated clusters whose data is being written outside the lock.
+    struct PendingAllocation {
+        let host: UInt64
+        let length: Int
+        let l2Offset: UInt64
+        let firstIndex: Int
+        /// The L2 entries replaced, as they were when the clusters were allocated.
+        let replaced: [UInt64]
+    }
+
+    enum AllocationOutcome {
+        case written(Int)
+        case pending(PendingAllocation)
+    }
+
+    /// Points the L2 entries at the clusters of `allocation` (its data is written). An entry
+    /// changed meanwhile by a concurrent request is the one replaced (and freed) instead.
+    private func commit(_ allocation: PendingAllocation) throws(BlockError) {
+        let table = try l2Table(at: allocation.l2Offset)
+        for (i, original) in allocation.replaced.enumerated() {
+            let index = allocation.firstIndex + i
+            scheduleFree(try decode(table.entries[index] == original ? original : table.entries[index]))
+            table.entries[index] = (allocation.host + UInt64(i) * clusterSize) | Qcow2Layout.copiedFlag
+        }
+        try writeL2Entries(table, at: allocation.l2Offset,
+                           range: allocation.firstIndex..<allocation.firstIndex + allocation.replaced.count)
+    }
+
     /// Writes the clusters from `guest` that need new storage (unallocated, zero, compressed or
-    /// shared), as one contiguous run, and points the L2 table at them. Returns bytes consumed.
-    private func allocatingWrite(at guest: UInt64, from source: UnsafeRawBufferPointer) throws(BlockError) -> Int {
+    /// shared), as one contiguous run, and points the L2 table at them. Whole clusters are
+    /// returned as pending, for the caller to write outside the lock and then commit.
+    private func allocatingWrite(at guest: UInt64, from source: UnsafeRawBufferPointer) throws(BlockError) -> AllocationOutcome {
         try prepareForMetadataChange()
         let head = guest & (clusterSize - 1)
         let l1Index = Int(guest >> clusterBits / l2EntryCount)
@@ -412,7 +455,9 @@ public final class Qcow2Image: BlockDriver, @unchecked Sendable {
         // Data first, then the L2 entries that point at it. Whole clusters go straight from
         // the caller's buffer; partial ones are assembled with the old contents around them.
         if head == 0 && UInt64(consumed) == covered {
-            try file.write(from: UnsafeRawBufferPointer(rebasing: source[0..<consumed]), at: host)
+            let replaced = (0..<count).map { table.entries[firstIndex + $0] }
+            return .pending(PendingAllocation(host: host, length: consumed, l2Offset: l2At,
+                                              firstIndex: firstIndex, replaced: replaced))
         } else {
             var staging = [UInt8](repeating: 0, count: Int(covered))
             let guestBase = guest - head
@@ -437,7 +482,7 @@ public final class Qcow2Image: BlockDriver, @unchecked Sendable {
         }
         try writeL2Entries(table, at: l2At, range: firstIndex..<firstIndex + count)
         for mapping in old { scheduleFree(mapping) }
-        return consumed
+        return .written(consumed)
     }
 
     /// Old contents of part of a cluster being replaced (partial-cluster copy-on-write).
@@ -550,6 +595,7 @@ public final class Qcow2Image: BlockDriver, @unchecked Sendable {
             try refcounts.writeDirtyBlocks(file: file)
             try file.barrier()
         }
+        reserveBatch = min(reserveBatch * 2, maxReserveBatch)
     }
 
     /// Gives back reserved clusters that were never used (refcount 1 → 0; nothing refers to them).
