@@ -35,7 +35,7 @@ let package = Package(
         .testTarget(name: "BackendsTests", dependencies: ["Backends", "DMCore", "Config"], swiftSettings: strict),
         .testTarget(name: "XenAccelTests", dependencies: ["XenAccel", "DMCore"], swiftSettings: strict),
         .testTarget(name: "ConfigTests", dependencies: ["Config"], swiftSettings: strict),
-        .testTarget(name: "IntegrationTests", dependencies: ["swiftdm"], swiftSettings: strict),
+        .testTarget(name: "IntegrationTests", dependencies: ["swiftdm", "CMonitor"], swiftSettings: strict),
         .executableTarget(name: "swiftdm-img", dependencies: ["Backends", "Config"], swiftSettings: strict),
         .testTarget(name: "MonitorTests", dependencies: ["Monitor", "DMCore", "Config", "Backends", "CMonitor"],
                     swiftSettings: strict),

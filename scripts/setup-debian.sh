@@ -2,7 +2,7 @@
 # Installs what building, running and testing SwiftDM needs on Debian 12 (run as root, or
 # with sudo available). Safe to re-run; skips apt when everything is already there.
 set -eu
-packages="seabios gcc make binutils libc6-dev qemu-utils zlib1g-dev python3 python3-pip xorriso grub-pc-bin mtools fdisk"
+packages="seabios gcc make binutils libc6-dev qemu-utils zlib1g-dev python3 python3-pip xorriso grub-pc-bin mtools fdisk python3-venv"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -14,3 +14,11 @@ if [ -n "$missing" ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing >/dev/null
 fi
 command -v swift >/dev/null || { echo "setup: the Swift 6 toolchain is not on PATH (see swift.org/install)" >&2; exit 1; }
+
+# The QMP tests drive swiftdm with QEMU's own Python client (qemu.qmp), kept in a venv inside
+# the repository (.build-venv, git-ignored) so the system Python is left alone.
+root=$(cd "$(dirname "$0")/.." && pwd)
+if ! "$root/.build-venv/bin/python3" -c "import qemu.qmp" 2>/dev/null; then
+    /usr/bin/python3 -m venv "$root/.build-venv"
+    "$root/.build-venv/bin/pip" install -q qemu.qmp
+fi

@@ -104,7 +104,9 @@ final class QMPServer {
             listening = false
         }
         do {
-            connection = try QMPConnection(fd: fd, server: self, monitor: monitor, loop: loop)
+            let accepted = try QMPConnection(fd: fd, server: self, monitor: monitor, loop: loop)
+            connection = accepted
+            accepted.start()
         } catch {
             GuestErrorLog.stderrSink("swiftdm: monitor '\(label)': \(error)")
             Glibc.close(fd)
@@ -170,7 +172,13 @@ final class QMPConnection {
         let session = QMPSession(monitor: monitor) { [weak self] bytes in self?.write(bytes) }
         self.session = session
         session.inputStateChanged = { [weak self] in self?.updateReader() }
-        session.start()
+    }
+
+    /// Greets the client and starts reading. Separate from `init` because a client that has
+    /// already gone makes the greeting fail, which ends the connection through the server,
+    /// and the server must know the connection before that happens.
+    func start() {
+        session?.start()
         updateReader()
     }
 
