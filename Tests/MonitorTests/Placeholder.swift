@@ -1,2 +1,0 @@
-import XCTest
-final class PlaceholderMonitorTests: XCTestCase { func testNothing() {} }
