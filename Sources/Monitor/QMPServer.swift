@@ -58,15 +58,8 @@ final class QMPServer {
     private func open() throws(SystemError) {
         switch address {
         case .unixPath(let path):
-            listenFD = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-            guard listenFD >= 0 else { throw SystemError("socket") }
-            var info = stat()
-            // A stale socket from an earlier run is replaced; any other file is left alone.
-            if lstat(path, &info) == 0 && info.st_mode & S_IFMT == S_IFSOCK { unlink(path) }
-            guard try bindUnix(listenFD, path) == 0 else { throw SystemError("bind \(path)") }
+            listenFD = try bindUnixServerSocket(path: path)
             ownsSocketFile = true
-            // Before listen(): nobody can connect while the mode is still the umask's.
-            guard chmod(path, 0o600) == 0 else { throw SystemError("chmod \(path)") }
             guard listen(listenFD, 16) == 0 else { throw SystemError("listen") }
             boundPath = path
         case .inheritedFD(let fd):
@@ -315,18 +308,6 @@ final class QMPConnection {
 }
 
 // MARK: Socket plumbing
-
-private func bindUnix(_ fd: Int32, _ path: String) throws(SystemError) -> Int32 {
-    var address = sockaddr_un()
-    address.sun_family = sa_family_t(AF_UNIX)
-    let bytes = Array(path.utf8)
-    let capacity = MemoryLayout.size(ofValue: address.sun_path)
-    guard !bytes.isEmpty, bytes.count < capacity else { throw SystemError("unix socket path \(path)", errno: ENAMETOOLONG) }
-    withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: bytes) }
-    return withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-    }
-}
 
 private func socketPath(_ fd: Int32) -> String? {
     var address = sockaddr_un()

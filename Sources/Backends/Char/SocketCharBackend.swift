@@ -81,15 +81,8 @@ public final class SocketCharBackend: CharBackend, @unchecked Sendable {
     private func listen() throws(SystemError) {
         switch address {
         case .unix(let path):
-            listenFD = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-            guard listenFD >= 0 else { throw SystemError("socket") }
-            // A stale socket from an earlier run is replaced; any other file is left alone.
-            var info = stat()
-            if lstat(path, &info) == 0 && info.st_mode & S_IFMT == S_IFSOCK { unlink(path) }
-            guard try withUnixAddress(path, { bind(listenFD, $0, $1) }) == 0 else { throw SystemError("bind \(path)") }
+            listenFD = try bindUnixServerSocket(path: path)
             ownsSocketFile = true
-            // Before listen(), so no one can connect while the mode is still the umask's.
-            guard chmod(path, 0o600) == 0 else { throw SystemError("chmod \(path)") }
         case let .tcp(host, port):
             try bindTCP(host: host, port: port)
         }
@@ -263,6 +256,30 @@ private func resolve(host: String?, port: UInt16, passive: Bool) throws(SystemEr
         cursor = entry.ai_next
     }
     return found
+}
+
+/// A unix stream socket bound to `path`, mode 0600, not yet listening: what every server-mode
+/// socket (chardev or QMP monitor) starts from. A stale socket from an earlier run is replaced;
+/// any other file at `path` is left alone. On failure nothing is left open or on disk.
+public func bindUnixServerSocket(path: String) throws(SystemError) -> Int32 {
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    guard fd >= 0 else { throw SystemError("socket") }
+    var info = stat()
+    if lstat(path, &info) == 0 && info.st_mode & S_IFMT == S_IFSOCK { unlink(path) }
+    do throws(SystemError) {
+        guard try withUnixAddress(path, { bind(fd, $0, $1) }) == 0 else { throw SystemError("bind \(path)") }
+    } catch {
+        Glibc.close(fd)
+        throw error
+    }
+    // Before listen(), so no one can connect while the mode is still the umask's.
+    guard chmod(path, 0o600) == 0 else {
+        let error = SystemError("chmod \(path)")
+        unlink(path)
+        Glibc.close(fd)
+        throw error
+    }
+    return fd
 }
 
 /// Calls `body` with a sockaddr_un for `path`, which must fit sun_path with its NUL.
