@@ -157,7 +157,8 @@ extension PCMachine: MonitorHost {
 
     public func changeMedium(device: String?, id: String?, filename: String, format: String?, readOnlyMode: String?,
                              fdSets: FileDescriptorSets) throws(QMPError) {
-        try changeDriveMedium(device: device, id: id, filename: filename, format: format, readOnlyMode: readOnlyMode)
+        try changeDriveMedium(device: device, id: id, filename: filename, format: format, readOnlyMode: readOnlyMode,
+                              fdSets: fdSets)
     }
 
     public var blockDevices: [JSONValue] { blockQueryEntries }

@@ -117,6 +117,15 @@ final class XenDomainLink {
         mmio.onMappingChange = follow(.mmio)
     }
 
+    /// `-xen-domid-restrict`: after setup, every Xen handle we hold may touch only our domain.
+    /// Xenstore may then refuse our writes; `recordRunning` tolerates that, as QEMU does.
+    func restrict() throws(MachineError) {
+        guard accelerator.hypervisor is LibXenHypervisor else { return }  // the simulator has no handles
+        do throws(XenError) { try XenLibraries.restrictAll(to: domain) } catch {
+            throw MachineError("-xen-domid-restrict: \(error)")
+        }
+    }
+
     /// `$QEMU/state = running`, libxl's readiness signal, written whenever the VM starts
     /// running. A restricted device model may not be allowed to; QEMU tolerates that too.
     func recordRunning() {
@@ -153,6 +162,11 @@ final class NoAccelerator: Accelerator, InterruptSink, @unchecked Sendable {
 }
 
 extension PCMachine {
+    /// Restricts the Xen handles to the guest's domain (`-xen-domid-restrict`; a no-op off Xen).
+    public func restrictXenHandles() throws(MachineError) {
+        try xen?.restrict()
+    }
+
     /// The Xen platform device at the first free slot (2, as under QEMU: it is created with
     /// the machine, before `-device` devices), with its fixed ports 0x10-0x1F. Unplug requests
     /// remove the emulated disks the guest's PV drivers take over; there are no emulated NICs.

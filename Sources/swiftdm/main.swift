@@ -47,9 +47,6 @@ _ = sdm_sigmask(SIG_BLOCK, terminationSignals, Int32(terminationSignals.count))
 signal(SIGPIPE, SIG_IGN)
 
 for warning in config.warnings { GuestErrorLog.stderrSink("swiftdm: warning: \(warning)") }
-if config.xenRestrict {
-    GuestErrorLog.stderrSink("swiftdm: warning: -xen-domid-restrict: not implemented yet; the device model keeps its Xen privileges")
-}
 
 let machine: PCMachine
 do {
@@ -89,8 +86,10 @@ do {
     fail(error.description)
 }
 
-// Everything that needs privileges is open: confine the process as asked (-chroot, -runas).
+// Everything that needs privileges is open: confine the process as asked (-xen-domid-restrict,
+// -chroot, -runas), in QEMU's order.
 do {
+    if config.xenRestrict { try machine.restrictXenHandles() }
     try Privileges.drop(user: config.runAsUser, chroot: config.chrootDirectory)
 } catch {
     monitor.close()
