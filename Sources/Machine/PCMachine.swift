@@ -177,6 +177,9 @@ public final class PCMachine: @unchecked Sendable {
         try pci.plug(hostBridge, slot: 0)
         try pci.plug(isaBridge, slot: 1, function: 0)
         try pci.plug(power, slot: 1, function: 3)
+        try ports.register(power, base: PIIX4PowerManagement.apmPorts.lowerBound,
+                           length: UInt64(PIIX4PowerManagement.apmPorts.count), region: PIIX4PowerManagement.apmRegion,
+                           name: "APM control/status")
         var chipset: [AnyObject] = [hostBridge, isaBridge, power]
         if let xen {
             let sink = xen.accelerator.sink

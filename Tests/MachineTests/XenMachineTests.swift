@@ -142,6 +142,11 @@ final class XenMachineTests: XCTestCase {
             return nil
         }
         XCTAssertEqual(claimed, [0x1F44...0x1F47, 0x1F4C...0x1F7F])
+        // hvmloader's acpi_enable_sci: ACPI_ENABLE through the APM port must set SCI_EN.
+        XCTAssertEqual(try port(0x1F44, size: 1) & 1, 0)
+        _ = try port(0xB2, size: 1, write: 0xF1)
+        XCTAssertEqual(try port(0x1F44, size: 1) & 1, 1)
+        XCTAssertEqual(try port(0xB2, size: 1), 0xF1)
 
         // The PV drivers unplug the emulated disks (bit 0: all of them); the CD-ROM stays.
         _ = try port(0x10, size: 2, write: 0x0001)
