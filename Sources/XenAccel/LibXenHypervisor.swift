@@ -52,6 +52,14 @@ public final class LibXenHypervisor: XenHypervisor, @unchecked Sendable {
         }
         self.evtchn = evtchn
         evtchnFD = libraries.evtchnFD(evtchn)
+        // xenevtchn_pending reads the descriptor: non-blocking, it answers "none pending"
+        // instead of parking the ioreq thread where `stop` and pauses cannot reach it.
+        let flags = fcntl(evtchnFD, F_GETFL)
+        guard flags >= 0, fcntl(evtchnFD, F_SETFL, flags | O_NONBLOCK) == 0 else {
+            let e = errno
+            Self.closeHandles(libraries, dm, fmem, evtchn)
+            throw .callFailed(call: "fcntl(event channel, O_NONBLOCK)", errno: e)
+        }
         var id: UInt16 = 0
         guard libraries.createIoreqServer(dm, domid, buffered ? Self.bufioreqAtomic : 0, &id) == 0 else {
             let e = errno

@@ -181,6 +181,11 @@ trap 'fail "runner killed by SIGTERM (time limit?)"' TERM
 
 log "scenario $SCENARIO, DM $DM_SPEC, capture $CAPTURE, out $OUT"
 destroy_all
+# a device model an earlier run left behind (one that ignored SIGHUP) must not outlive its run
+if pgrep -f '^/opt/lab-dm/' > /dev/null; then
+  log "killing device models left by an earlier run: $(pgrep -f '^/opt/lab-dm/' | tr '\n' ' ')"
+  pkill -KILL -f '^/opt/lab-dm/'
+fi
 rm -f /var/log/xen/qemu-dm-*.log* /var/log/xen/xl-*.log* /var/log/xen/console/*.log /run/lab/*.sock
 rm -rf "${WORK:?}"/*
 # payloads and the device model binary come over the 9p share; run them from local disk
@@ -188,7 +193,9 @@ cp -a /share/payloads/. "$GUEST/" || fail "cannot copy guest payloads from /shar
 DM_REAL=$DM_SPEC
 case "$DM_SPEC" in
   /share/*) mkdir -p /opt/lab-dm; DM_REAL=/opt/lab-dm/$(basename "$DM_SPEC")
-            cp "$DM_SPEC" "$DM_REAL" && chmod +x "$DM_REAL" || fail "cannot install device model $DM_SPEC" ;;
+            # rename into place: a device model left running by an earlier run keeps the old file
+            cp "$DM_SPEC" "$DM_REAL.new" && chmod +x "$DM_REAL.new" && mv -f "$DM_REAL.new" "$DM_REAL" \
+              || fail "cannot install device model $DM_SPEC" ;;
 esac
 if [ "$CAPTURE" = 1 ]; then
   printf '#!/bin/sh\nexec %s --real %s --out %s -- "$@"\n' "$LAB/dom0/dm-capture" "$DM_REAL" "$OUT" > $RUN/dm
