@@ -132,6 +132,30 @@ final class StorageBootTests: XCTestCase {
                              drive: "E0")
     }
 
+    // MARK: AHCI
+
+    /// libxl's AHCI disk: the controller, an if=none drive and ide-hd on port N.
+    func ahciDisk(_ file: String, format: String, port: Int = 0) -> [String] {
+        ["-device", "ahci,id=ahci0",
+         "-drive", "file=\(file),if=none,id=ahcidisk-\(port),format=\(format),cache=writeback",
+         "-device", "ide-hd,bus=ahci0.\(port),unit=0,drive=ahcidisk-\(port)"]
+    }
+
+    func testSeaBIOSBootsRawAHCIDisk() throws {
+        try expectBootSector(ahciDisk(try bootSectorDisk(), format: "raw"), drive: "80")
+    }
+
+    func testSeaBIOSBootsQcow2AHCIDiskOnPort3() throws {
+        try expectBootSector(ahciDisk(try qcow2(from: try bootSectorDisk()), format: "qcow2", port: 3), drive: "80")
+    }
+
+    func testSeaBIOSBootsElToritoISOFromAHCICDByBootIndex() throws {
+        // A bootable AHCI disk too; bootindex puts the CD first (fw_cfg bootorder, sata@ paths).
+        try expectBootSector(ahciDisk(try bootSectorDisk(), format: "raw") + [
+            "-drive", "if=none,readonly=on,id=ahcicd,file=\(try qcow2(from: try bootSectorISO())),format=qcow2",
+            "-device", "ide-cd,id=cd0,drive=ahcicd,bus=ahci0.2,bootindex=1"], drive: "E0")
+    }
+
     /// guests/ide-dma.c as firmware: BAR4, PRD tables, IRQ 14 and 15 through the PIC on KVM, ATA and ATAPI DMA.
     func testBusMasterDMAGuestOnKVM() throws {
         var disk = Data(count: 1024 * 512)
@@ -160,26 +184,34 @@ final class StorageBootTests: XCTestCase {
     /// An empty CD drive gets its medium over QMP while SeaBIOS waits to retry the boot (QEMU
     /// 7.2 crashed on this); after the reboot SeaBIOS boots the new CD.
     func testMediumInsertedIntoEmptyDriveOverQMPBootsAfterReboot() throws {
+        try expectMediumInsertedOverQMPBoots(["-drive", "if=none,readonly=on,id=ide-5632",
+                                              "-device", "ide-cd,id=ide-5632,drive=ide-5632,bus=ide.1,unit=0"])
+    }
+
+    func testMediumInsertedIntoEmptyAHCICDOverQMPBootsAfterReboot() throws {
+        try expectMediumInsertedOverQMPBoots(["-device", "ahci,id=ahci0", "-drive", "if=none,readonly=on,id=ide-5632",
+                                              "-device", "ide-cd,id=ide-5632,drive=ide-5632,bus=ahci0.1,unit=0"])
+    }
+
+    /// `drive` defines an empty CD drive with id ide-5632.
+    func expectMediumInsertedOverQMPBoots(_ drive: [String], file: StaticString = #filePath, line: UInt = #line) throws {
         let iso = try bootSectorISO()
         let qmpPath = path("qmp.sock")
         let vm = try VMProcess(["-m", "64", "-nodefaults", "-nographic", "-serial", "stdio", "-device", "isa-debug-exit",
-                                "-qmp", "unix:\(qmpPath),server=on,wait=off",
-                                "-drive", "if=none,readonly=on,id=ide-5632",
-                                "-device", "ide-cd,id=ide-5632,drive=ide-5632,bus=ide.1,unit=0",
-                                "-boot", "order=d,reboot-timeout=1000"])
-        XCTAssertNotNil(vm.waitForOutput("No bootable device", timeout: 60), vm.stdout + vm.stderr)
+                                "-qmp", "unix:\(qmpPath),server=on,wait=off"] + drive + ["-boot", "order=d,reboot-timeout=1000"])
+        XCTAssertNotNil(vm.waitForOutput("No bootable device", timeout: 60), vm.stdout + vm.stderr, file: file, line: line)
         let qmp = try SerialSocket(path: qmpPath, timeout: 10)
-        XCTAssertTrue(qmp.wait(for: "\"QMP\"", timeout: 10), qmp.text)
+        XCTAssertTrue(qmp.wait(for: "\"QMP\"", timeout: 10), qmp.text, file: file, line: line)
         qmp.send("{\"execute\":\"qmp_capabilities\"}\n", typing: false)
-        XCTAssertTrue(qmp.wait(for: "\"return\"", timeout: 10), qmp.text)
+        XCTAssertTrue(qmp.wait(for: "\"return\"", timeout: 10), qmp.text, file: file, line: line)
         qmp.send("{\"execute\":\"blockdev-change-medium\",\"arguments\":{\"id\":\"ide-5632\",\"filename\":\"\(iso)\",\"format\":\"raw\"}}\n",
                  typing: false)
-        XCTAssertTrue(qmp.wait(for: "\"return\"", timeout: 10), qmp.text)
-        XCTAssertTrue(qmp.text.contains("DEVICE_TRAY_MOVED"), qmp.text)
+        XCTAssertTrue(qmp.wait(for: "\"return\"", timeout: 10), qmp.text, file: file, line: line)
+        XCTAssertTrue(qmp.text.contains("DEVICE_TRAY_MOVED"), qmp.text, file: file, line: line)
         qmp.send("{\"execute\":\"query-block\"}\n", typing: false)
-        XCTAssertTrue(qmp.wait(for: "cd.iso", timeout: 10), qmp.text)
-        XCTAssertEqual(vm.waitForExit(timeout: 60), 99, vm.stdout + vm.stderr)
-        XCTAssertTrue(vm.stdout.contains("SWIFTDM BOOT OK DL=E0"), vm.stdout)
+        XCTAssertTrue(qmp.wait(for: "cd.iso", timeout: 10), qmp.text, file: file, line: line)
+        XCTAssertEqual(vm.waitForExit(timeout: 60), 99, vm.stdout + vm.stderr, file: file, line: line)
+        XCTAssertTrue(vm.stdout.contains("SWIFTDM BOOT OK DL=E0"), vm.stdout, file: file, line: line)
     }
 
     func testDriveErrorsAreOneLineAndExitOne() throws {
@@ -189,6 +221,9 @@ final class StorageBootTests: XCTestCase {
             (["-drive", "file=x,format=vmdk"], "unsupported format"),
             (["-device", "ide-hd,drive=nosuch"], "can't find value 'nosuch'"),
             (["-device", "ide-cd,bus=ide.7"], "Bus 'ide.7' not found"),
+            (["-device", "ahci,id=ahci0", "-device", "ide-cd,bus=ahci0.6"], "Bus 'ahci0.6' not found"),
+            (["-device", "ahci,id=ahci0", "-device", "ide-cd,bus=ahci0.0,unit=1"], "an AHCI port has one unit"),
+            (["-device", "ahci,id=a", "-device", "ahci,id=a"], "Duplicate ID 'a'"),
             (["-hda", try bootSectorDisk(), "-drive", "file=\(try bootSectorDisk()),index=0,format=raw"], "exists"),
         ]
         for (arguments, message) in cases {
