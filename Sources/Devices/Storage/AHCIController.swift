@@ -129,8 +129,9 @@ final class AHCIPort: ATADMASource, @unchecked Sendable {
             interruptStatus &= ~value
             onInterruptChange?(false)
         case 0x14:
+            let newlyEnabled = value & ~interruptEnable
             interruptEnable = value & AHCIPortInterrupt.defined
-            onInterruptChange?(interruptStatus & interruptEnable != 0)
+            onInterruptChange?(interruptStatus & newlyEnabled != 0)
         case 0x18: writeCommand(value)
         case 0x2C: writeSATAControl(value)
         case 0x30: sataError &= ~value
@@ -632,8 +633,9 @@ public final class AHCIController: PCIDevice, StorageController, Snapshottable, 
             if value & 1 != 0 {
                 hbaReset()
             } else {
+                let wasEnabled = interruptEnabled
                 interruptEnabled = value & 2 != 0
-                updateInterrupt(raised: true)
+                updateInterrupt(raised: !wasEnabled)
             }
         case 0x08:
             break  // IS follows the ports' PxIS; clearing those clears it
