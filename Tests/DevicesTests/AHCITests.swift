@@ -23,39 +23,21 @@ final class AHCITestRig {
     let legacy: LegacyTestRig
     let poster = QueuedPoster()
     let controller: AHCIController
-    let disk: ATADrive?
-    let cdrom: ATADrive?
-    let directory: URL
+    let drives: PatternDrives
     let msi = MSIRecorder()
     let errors = GuestErrorLog(burst: 1000, sink: { _ in })
     var memory: PhysicalMemory { legacy.memory }
+    var disk: ATADrive? { drives.disk }
+    var cdrom: ATADrive? { drives.cdrom }
 
     init(diskSectors: Int? = 64, cdBlocks: Int? = nil, ramSize: Int = 4 << 20) throws {
         legacy = try LegacyTestRig(ramSize: ramSize)
-        directory = FileManager.default.temporaryDirectory.appendingPathComponent("ahci-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        drives = try PatternDrives(diskSectors: diskSectors, cdBlocks: cdBlocks, diskID: "ahcidisk-0", cdID: "ahcicd-1")
         let msi = msi
         controller = AHCIController(memory: legacy.memory, poster: poster, msi: { msi.record($0) }, log: errors)
-        if let diskSectors {
-            let path = try IDETestRig.patternImage(at: directory.appendingPathComponent("disk.raw").path, blocks: diskSectors, blockSize: 512)
-            disk = ATADrive(kind: .disk, medium: try BlockBackend(path: path, options: BlockOpenOptions(format: .raw), workers: 1),
-                            id: "ahcidisk-0", serial: "QM00001")
-            controller.attach(disk!, port: 0)
-        } else {
-            disk = nil
-        }
-        if let cdBlocks {
-            let path = try IDETestRig.patternImage(at: directory.appendingPathComponent("cd.iso").path, blocks: cdBlocks, blockSize: 2048)
-            cdrom = ATADrive(kind: .cdrom, medium: try BlockBackend(path: path, options: BlockOpenOptions(format: .raw, readOnly: true),
-                                                                   workers: 1),
-                             id: "ahcicd-1", serial: "QM00002")
-            controller.attach(cdrom!, port: 1)
-        } else {
-            cdrom = nil
-        }
+        if let disk = drives.disk { controller.attach(disk, port: 0) }
+        if let cdrom = drives.cdrom { controller.attach(cdrom, port: 1) }
     }
-
-    deinit { try? FileManager.default.removeItem(at: directory) }
 
     // MARK: registers
 
