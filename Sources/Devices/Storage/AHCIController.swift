@@ -82,7 +82,7 @@ final class AHCIPort: ATADMASource, @unchecked Sendable {
         self.log = log
         name = "ahci.\(index)"
         let relay = AHCICompletionRelay(upstream: poster)
-        channel = ATAChannel(index: index, drives: [nil, nil], irq: nil, memory: memory, poster: relay, log: log)
+        channel = ATAChannel(index: index, drives: [nil, nil], irq: nil, memory: memory, poster: relay, log: log, name: name)
         channel.ncqQueueDepth = Self.ncqQueueDepth
         relay.port = self
         channel.dmaSource = self
@@ -527,7 +527,8 @@ private final class AHCICompletionRelay: BlockCompletionPoster, @unchecked Senda
 /// ICH9's AHCI function as QEMU's `-device ahci` (ich9-ahci) presents it: 8086:2922, class
 /// 01:06:01, six ports, the AHCI registers (ABAR) in BAR5 (4 KiB), the index/data pair in
 /// BAR4 (32 bytes of I/O), INTx pin A and a single-vector MSI capability. Drives are
-/// attached to ports before the machine starts (`attach`).
+/// attached to ports before the machine starts (`attach`). Xen's "unplug emulated disks"
+/// leaves AHCI alone, as QEMU does (it removes IDE, SCSI and NVMe disks only).
 public final class AHCIController: PCIDevice, StorageController, Snapshottable, Resettable, @unchecked Sendable {
     public static let portCount = 6
     static let capabilities: UInt32 = 1 << 31 | 1 << 30 | 1 << 20 | 1 << 18

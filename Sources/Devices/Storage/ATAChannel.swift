@@ -50,7 +50,9 @@ protocol ATADMASource: AnyObject {
 
 /// One IDE channel (cable): up to two drives, their task files, the device control register,
 /// the interrupt, the bus-master DMA registers of this channel, and the one transfer the
-/// channel can have in progress. ATA commands are here; ATAPI packets in `ATAChannel+ATAPI`.
+/// channel can have in progress. ATA commands are here; ATAPI packets in `ATAPICommands`.
+/// An AHCI port drives one channel too (`AHCIPort`): it loads the task file from the command
+/// FIS, supplies the PRDT as `dmaSource` and moves PIO blocks itself.
 ///
 /// Every guest value is hostile: sector counts and LBAs are checked against the medium before
 /// any I/O (and again by `BlockBackend`), PRD tables are walked with a bound on entries and
@@ -124,7 +126,7 @@ public final class ATAChannel: @unchecked Sendable {
     var ncqQueueDepth = 0
 
     init(index: Int, drives: [ATADrive?], irq: IRQLine?, memory: any GuestMemory,
-         poster: any BlockCompletionPoster, log: GuestErrorLog) {
+         poster: any BlockCompletionPoster, log: GuestErrorLog, name: String? = nil) {
         precondition(drives.count == 2)
         self.index = index
         self.drives = drives
@@ -132,7 +134,7 @@ public final class ATAChannel: @unchecked Sendable {
         self.memory = memory
         self.poster = poster
         self.log = log
-        name = "ide.\(index)"
+        self.name = name ?? "ide.\(index)"
         setPowerOnState()
     }
 
