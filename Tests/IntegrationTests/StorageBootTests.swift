@@ -156,8 +156,9 @@ final class StorageBootTests: XCTestCase {
             "-device", "ide-cd,id=cd0,drive=ahcicd,bus=ahci0.2,bootindex=1"], drive: "E0")
     }
 
-    /// guests/ide-dma.c as firmware: BAR4, PRD tables, IRQ 14 and 15 through the PIC on KVM, ATA and ATAPI DMA.
-    func testBusMasterDMAGuestOnKVM() throws {
+    /// pattern.raw (1024 sectors) and pattern.iso (16 blocks): block n starts with n (LE32) and is
+    /// filled with n's low byte, as guests/ide-dma.c and guests/ahci.c expect.
+    func patternImages() throws -> (disk: String, cd: String) {
         var disk = Data(count: 1024 * 512)
         for n in 0..<1024 {
             disk.replaceSubrange(n * 512..<(n + 1) * 512, with: [UInt8](repeating: UInt8(truncatingIfNeeded: n), count: 512))
@@ -170,15 +171,36 @@ final class StorageBootTests: XCTestCase {
             withUnsafeBytes(of: UInt32(n).littleEndian) { cd.replaceSubrange(n * 2048..<n * 2048 + 4, with: $0) }
         }
         try cd.write(to: URL(fileURLWithPath: path("pattern.iso")))
+        return (path("pattern.raw"), path("pattern.iso"))
+    }
+
+    /// Runs guests/NAME.c as firmware with `drives`; it must print PASS NAME.
+    func expectGuestPasses(_ name: String, _ drives: [String], file: StaticString = #filePath, line: UInt = #line) throws {
         let build = try VMProcess.guestsBuilt.get()
         let (status, out, err) = try VMProcess.run(["-M", "pc", "-m", "64", "-nodefaults", "-nographic", "-serial", "stdio",
                                                     "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
-                                                    "-bios", build.appendingPathComponent("ide-dma.bin").path,
-                                                    "-drive", "file=\(path("pattern.raw")),format=raw,if=ide,index=0",
-                                                    "-drive", "file=\(path("pattern.iso")),format=raw,if=ide,index=2,media=cdrom"],
+                                                    "-bios", build.appendingPathComponent("\(name).bin").path] + drives,
                                                    timeout: 60)
-        XCTAssertTrue(out.contains("PASS ide-dma"), "guest output:\n\(out)\nstderr:\n\(err)")
-        XCTAssertEqual(status, 1)
+        XCTAssertTrue(out.contains("PASS \(name)"), "guest output:\n\(out)\nstderr:\n\(err)", file: file, line: line)
+        XCTAssertEqual(status, 1, file: file, line: line)
+    }
+
+    /// guests/ide-dma.c as firmware: BAR4, PRD tables, IRQ 14 and 15 through the PIC on KVM, ATA and ATAPI DMA.
+    func testBusMasterDMAGuestOnKVM() throws {
+        let images = try patternImages()
+        try expectGuestPasses("ide-dma", ["-drive", "file=\(images.disk),format=raw,if=ide,index=0",
+                                          "-drive", "file=\(images.cd),format=raw,if=ide,index=2,media=cdrom"])
+    }
+
+    /// guests/ahci.c as firmware: HBA reset, PIO/DMA/NCQ commands, TFES recovery, INTx on IRQ 11
+    /// through the PIC, MSI to the local APIC, ATAPI DMA on a second port.
+    func testAHCIGuestOnKVM() throws {
+        let images = try patternImages()
+        try expectGuestPasses("ahci", ["-device", "ahci,id=ahci0",
+                                       "-drive", "file=\(images.disk),format=raw,if=none,id=d0",
+                                       "-device", "ide-hd,bus=ahci0.0,drive=d0",
+                                       "-drive", "file=\(images.cd),format=raw,if=none,id=cd0,readonly=on",
+                                       "-device", "ide-cd,bus=ahci0.1,drive=cd0"])
     }
 
     /// An empty CD drive gets its medium over QMP while SeaBIOS waits to retry the boot (QEMU
