@@ -265,7 +265,7 @@ final class AHCICommandTests: XCTestCase {
     }
 
     func testReadAndWriteDMAAcrossPRDTEntries() throws {
-        let rig = try AHCITestRig()
+        let rig = try AHCITestRig(diskSectors: 512)
         rig.startPort(0)
         let d = AHCITestRig.data
         try rig.prepare(fis: AHCITestRig.registerFIS(0x25, lba: 5, count: 3), prdt: [(d, 1000), (d + 0x2000, 536)])
@@ -284,9 +284,43 @@ final class AHCICommandTests: XCTestCase {
         XCTAssertEqual(try rig.prdbc(slot: 2), 1024, "PRD bytes beyond the transfer are left alone")
         XCTAssertEqual(rig.disk?.stats.readBytes, 2560)
         XCTAssertEqual(rig.disk?.stats.writtenBytes, 1024)
-        // A transfer bigger than the 64 KiB transfer buffer: 300 sectors in one PRD.
-        try rig.prepare(slot: 3, fis: AHCITestRig.registerFIS(0x25, lba: 0, count: 64), prdt: [(d, 64 * 512)])
+        // More than the channel's 64 KiB transfer buffer: 300 sectors in one PRD.
+        try rig.prepare(slot: 3, fis: AHCITestRig.registerFIS(0x25, lba: 200, count: 300), prdt: [(d, 300 * 512)])
         XCTAssertTrue(rig.run(slot: 3))
+        XCTAssertEqual(try rig.memory.readBytes(at: d + 299 * 512, count: 512), IDETestRig.expectedBlock(499, size: 512))
+        XCTAssertEqual(try rig.prdbc(slot: 3), 300 * 512)
+    }
+
+    func testMultiSectorPIOWriteAndReadThroughThePRDT() throws {
+        let rig = try AHCITestRig()
+        rig.startPort(0)
+        let d = AHCITestRig.data
+        let pattern = (0..<(3 * 512)).map { UInt8(truncatingIfNeeded: $0 * 7 + 1) }
+        try rig.memory.write(at: d, bytes: pattern[0..<700])
+        try rig.memory.write(at: d + 0x1000, bytes: pattern[700...])
+        try rig.prepare(fis: AHCITestRig.registerFIS(0x30, lba: 20, count: 3), prdt: [(d, 700), (d + 0x1000, 836)], write: true)
+        XCTAssertTrue(rig.run())  // WRITE SECTORS: three DRQ blocks gathered from two PRDs
+        XCTAssertEqual(rig.taskFile().status, 0x50)
+        XCTAssertEqual(try rig.prdbc(), 1536)
+        rig.clearInterrupts()
+        try rig.prepare(fis: AHCITestRig.registerFIS(0x20, lba: 20, count: 3), prdt: [(d + 0x8000, 100), (d + 0x9000, 1436)])
+        XCTAssertTrue(rig.run())  // READ SECTORS: three blocks, each with a PIO Setup FIS
+        XCTAssertEqual(rig.port(0, 0x10) & 0x3, 0x3)
+        XCTAssertEqual(try rig.memory.readBytes(at: d + 0x8000, count: 100) + rig.memory.readBytes(at: d + 0x9000, count: 1436), pattern)
+        XCTAssertEqual(try rig.memory.readBytes(at: rig.fis(0) + 0x20 + 15, count: 1), [0x50], "last block's ending status")
+    }
+
+    func testATAPIPIOReplyInBlocksOfTheByteCountLimit() throws {
+        let rig = try AHCITestRig(diskSectors: nil, cdBlocks: 8)
+        rig.startPort(1)
+        let d = AHCITestRig.data
+        // READ (10) of 2 blocks by PIO with a 1000-byte limit: five DRQ blocks into one PRD.
+        try rig.prepare(port: 1, fis: AHCITestRig.registerFIS(0xA0, lba: 1000 << 8), prdt: [(d, 4096)],
+                        packet: [0x28, 0, 0, 0, 0, 4, 0, 0, 2, 0, 0, 0])
+        XCTAssertTrue(rig.run(port: 1))
+        XCTAssertEqual(try rig.memory.readBytes(at: d, count: 4096),
+                       IDETestRig.expectedBlock(4, size: 2048) + IDETestRig.expectedBlock(5, size: 2048))
+        XCTAssertEqual(try rig.prdbc(port: 1), 4096)
     }
 
     func testFlushSetFeaturesAndReadNativeMax() throws {
