@@ -84,9 +84,10 @@ func addAHCI(list: inout OptionList, context: inout DeviceContext) throws(Config
                                     msi: { sink.signalMSI($0) })
     try plugPCI(controller, list: &list, pci: context.pci)
     let devfn = context.pci.functions.firstIndex { $0 === controller } ?? 0
-    // The firmware device path QEMU writes into bootorder: PCI class 01:06 is "sata".
+    // The firmware device path QEMU 7.2 writes into bootorder: class 01:06 has no firmware name,
+    // so the node is named by vendor and device.
     let function = devfn & 7 == 0 ? "" : ",\(devfn & 7)"
-    context.ahci[name] = (controller, "/pci@i0cf8/sata@\(String(devfn >> 3, radix: 16))\(function)")
+    context.ahci[name] = (controller, "/pci@i0cf8/pci8086,2922@\(String(devfn >> 3, radix: 16))\(function)")
     context.created.append(controller)
 }
 

@@ -150,7 +150,7 @@ final class StorageBootTests: XCTestCase {
     }
 
     func testSeaBIOSBootsElToritoISOFromAHCICDByBootIndex() throws {
-        // A bootable AHCI disk too; bootindex puts the CD first (fw_cfg bootorder, sata@ paths).
+        // A bootable AHCI disk too; bootindex puts the CD first (fw_cfg bootorder, pci8086,2922@ paths).
         try expectBootSector(ahciDisk(try bootSectorDisk(), format: "raw") + [
             "-drive", "if=none,readonly=on,id=ahcicd,file=\(try qcow2(from: try bootSectorISO())),format=qcow2",
             "-device", "ide-cd,id=cd0,drive=ahcicd,bus=ahci0.2,bootindex=1"], drive: "E0")
