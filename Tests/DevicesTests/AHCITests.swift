@@ -49,7 +49,9 @@ final class AHCITestRig {
     /// SeaBIOS's bring-up: list and FIS area, FIS receive on, started, interrupts enabled.
     func startPort(_ p: Int) {
         setPort(p, 0x00, UInt32(Self.commandList + UInt64(p) * 0x400))
+        setPort(p, 0x04, 0)
         setPort(p, 0x08, UInt32(Self.fisArea + UInt64(p) * 0x100))
+        setPort(p, 0x0C, 0)
         setPort(p, 0x14, AHCIPortInterrupt.defined)
         setPort(p, 0x18, port(p, 0x18) | AHCIPortCommand.fisReceiveEnable)
         setPort(p, 0x18, port(p, 0x18) | AHCIPortCommand.start)
@@ -117,10 +119,12 @@ final class AHCITestRig {
     func clearInterrupts(_ p: Int = 0) { setPort(p, 0x10, 0xFFFF_FFFF) }
 
     /// Runs whatever completions arrive within half a second (abandoned requests finishing).
-    func settle() {
-        let deadline = Date().addingTimeInterval(0.5)
+    func settle(seconds: TimeInterval = 0.5) {
+        let deadline = Date().addingTimeInterval(seconds)
         poster.drain { Date() > deadline }
     }
+
+    func settleBriefly() { settle(seconds: 0.002) }
 }
 
 final class AHCIRegisterTests: XCTestCase {
@@ -574,6 +578,80 @@ final class AHCIHostileTests: XCTestCase {
         try rig.prepare(fis: AHCITestRig.registerFIS(0x25, lba: 7, count: 1), prdt: [(d, 512)])
         XCTAssertTrue(rig.run())
         XCTAssertEqual(try rig.memory.readBytes(at: d, count: 512), IDETestRig.expectedBlock(7, size: 512))
+    }
+
+    /// Random register writes (ports, GHC, index/data pair) and random command lists, tables and
+    /// PRDTs in RAM, from a fixed seed; afterwards an HBA reset brings back a working port.
+    func testRandomGuestNeverBreaksTheHBA() throws {
+        let rig = try AHCITestRig(cdBlocks: 8, ramSize: 4 << 20)
+        var rng = LegacyHostileAccessTests.SplitMix(state: 0x5EED_A4C1)
+        let portOffsets: [UInt64] = [0x00, 0x04, 0x08, 0x0C, 0x10, 0x14, 0x18, 0x2C, 0x30, 0x34, 0x38, 0x38, 0x38, 0x3C, 0x40]
+        var noise = [UInt8](repeating: 0, count: 0x1000)
+        for round in 0..<3000 {
+            switch rng.next() % 10 {
+            case 0:
+                // Scribble over a command list, FIS area or command tables with bytes that are
+                // often plausible (pointers into RAM, small PRDT lengths).
+                for i in 0..<noise.count { noise[i] = UInt8(truncatingIfNeeded: rng.next()) }
+                let base = [AHCITestRig.commandList, AHCITestRig.tables, AHCITestRig.tables + 0x1000 * UInt64(rng.next() % 64)][Int(rng.next() % 3)]
+                if rng.next() % 2 == 0 {
+                    for i in stride(from: 0, to: noise.count, by: 8) where rng.next() % 3 != 0 {
+                        let pointer = (rng.next() % (4 << 20)) & ~0x7F
+                        for b in 0..<4 { noise[i + b] = UInt8(truncatingIfNeeded: pointer >> (8 * UInt64(b))) }
+                        noise[i + 4] = 0; noise[i + 5] = 0; noise[i + 6] = 0; noise[i + 7] = 0
+                    }
+                }
+                try rig.memory.write(at: base, bytes: noise)
+            case 1, 5:
+                // A plausible command: register FIS with an interesting opcode, random fields,
+                // a PRDT of random entries mostly inside RAM.
+                let commands: [UInt8] = [0xEC, 0xA1, 0x25, 0x35, 0xC8, 0xCA, 0x20, 0x30, 0xC4, 0xC5, 0xC6, 0x60, 0x61,
+                                         0xA0, 0xE7, 0xEA, 0xEF, 0xF8, 0x27, 0x40, 0x91, 0x08, 0x90,
+                                         UInt8(truncatingIfNeeded: rng.next())]
+                var fis = AHCITestRig.registerFIS(commands[Int(rng.next() % UInt64(commands.count))], lba: rng.next() % 80,
+                                                  count: UInt16(truncatingIfNeeded: rng.next() % 9 == 0 ? rng.next() : rng.next() % 8),
+                                                  features: UInt16(truncatingIfNeeded: rng.next() % 4 == 0 ? rng.next() : rng.next() % 3))
+                if rng.next() % 8 == 0 { fis[1] = 0; fis[15] = UInt8(truncatingIfNeeded: rng.next()) }  // control FIS
+                let entries = Int(rng.next() % 4)
+                let prdt = (0..<entries).map { _ in (UInt64(0x10_0000) + rng.next() % (3 << 20), Int(rng.next() % 0x3000) + 1) }
+                let p = Int(rng.next() % 3), slot = Int(rng.next() % 32)
+                try rig.prepare(port: p, slot: slot, fis: fis, prdt: prdt, write: rng.next() % 2 == 0,
+                                packet: rng.next() % 2 == 0 ? [UInt8]((0..<12).map { _ in UInt8(truncatingIfNeeded: rng.next()) }) : nil,
+                                prdtLength: rng.next() % 16 == 0 ? Int(rng.next() % 65536) : nil)
+                if rng.next() % 2 == 0 {
+                    // Usually issue it at once, as a driver would, on a running port.
+                    if rig.port(p, 0x18) & 1 == 0 { rig.startPort(p) } else if rng.next() % 4 != 0 { rig.recover(p) }
+                    rig.setPort(p, 0x38, 1 << UInt32(slot))
+                }
+            case 2:
+                rig.setHBA(0x04, UInt32(truncatingIfNeeded: rng.next()) & (rng.next() % 16 == 0 ? 3 : 2))
+            case 3:
+                rig.controller.write(region: 4, offset: [0x10, 0x14][Int(rng.next() % 2)], size: 4, value: rng.next() & 0x1FFF)
+            case 4:
+                rig.controller.write(region: 5, offset: rng.next() % 4096, size: [1, 2, 4, 8][Int(rng.next() % 4)], value: rng.next())
+            default:
+                let p = Int(rng.next() % 3)
+                let offset = portOffsets[Int(rng.next() % UInt64(portOffsets.count))]
+                var value = UInt32(truncatingIfNeeded: rng.next())
+                if offset == 0x00 { value = rng.next() % 4 == 0 ? value % (4 << 20) : UInt32(rig.list(p)) }
+                if offset == 0x08 { value = rng.next() % 4 == 0 ? value % (4 << 20) : UInt32(rig.fis(p)) }
+                if offset == 0x04 || offset == 0x0C { value = rng.next() % 8 == 0 ? value : 0 }
+                if offset == 0x18 { value |= rng.next() % 2 == 0 ? 0x11 : 0 }
+                rig.setPort(p, offset, value)
+            }
+            if round % 16 == 0 { rig.settleBriefly() }
+            for offset: UInt64 in stride(from: 0, to: 0x400, by: 4) { _ = rig.hba(offset) }
+        }
+        rig.settle()
+        let issued = [rig.disk, rig.cdrom].compactMap { $0?.stats }.reduce(0) { $0 + $1.readOperations + $1.writeOperations + $1.flushOperations }
+        print("random guest: \(issued) reads, writes and flushes reached the drives")
+        XCTAssertGreaterThan(issued, 0, "the random command lists should reach the drives now and then")
+        rig.setHBA(0x04, 1)
+        rig.startPort(0)
+        try rig.prepare(fis: AHCITestRig.registerFIS(0xEC), prdt: [(AHCITestRig.data, 512)])
+        XCTAssertTrue(rig.run())
+        XCTAssertEqual(rig.taskFile().status, 0x50)
+        XCTAssertEqual(try rig.memory.read(UInt16.self, at: AHCITestRig.data + 200), 64, "IDENTIFY word 100")
     }
 
     func testStateRoundTripAndInFlightCommandFailsAfterLoad() throws {
