@@ -220,6 +220,11 @@ final class AHCIRegisterTests: XCTestCase {
         XCTAssertEqual(rig.hba(0x08), 0, "disabled in PxIE: IS clear")
         XCTAssertEqual(rig.controller.pci.config.get8(0x06) & 0x08, 0)
         rig.setPort(0, 0x14, AHCIPortInterrupt.defined)
+        XCTAssertEqual(rig.controller.pci.config.get8(0x06) & 0x08, 0x08)
+        rig.controller.configWrite(offset: 0x82, size: 2, value: 1)
+        XCTAssertEqual(rig.controller.pci.config.get8(0x06) & 0x08, 0, "MSI on: the pending interrupt leaves INTx")
+        rig.controller.configWrite(offset: 0x82, size: 2, value: 0)
+        XCTAssertEqual(rig.controller.pci.config.get8(0x06) & 0x08, 0x08, "MSI off: back on INTx")
         rig.clearInterrupts()
         XCTAssertEqual(rig.controller.pci.config.get8(0x06) & 0x08, 0, "cleared PxIS deasserts")
         // MSI: a message per new interrupt condition, INTx stays low.

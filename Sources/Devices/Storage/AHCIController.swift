@@ -591,6 +591,13 @@ public final class AHCIController: PCIDevice, StorageController, Snapshottable, 
 
     public func drive(onPort port: Int) -> ATADrive? { ports.indices.contains(port) ? ports[port].drive : nil }
 
+    public func configWrite(offset: Int, size: Int, value: UInt32) {
+        pci.write(offset: offset, size: size, value: value)
+        // Turning MSI on or off moves a pending interrupt between INTx and messages.
+        let control = Self.msiCapability + 2
+        if offset <= control && offset + size > control { updateInterrupt(raised: false) }
+    }
+
     // MARK: interrupts
 
     private var msiEnabled: Bool { pci.config.get8(Self.msiCapability + 2) & 1 != 0 }
