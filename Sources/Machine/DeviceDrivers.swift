@@ -8,10 +8,14 @@ struct DeviceContext {
     let mmio: Bus
     let pci: PCIBus
     let router: InterruptRouter
+    let memory: any GuestMemory
+    let poster: any BlockCompletionPoster
     let onDebugExit: (Int32) -> Void
     var created: [AnyObject] = []
     /// The IDE slots `ide-hd`/`ide-cd` fill (the controller is built after `-device`).
     var ide: IDEAssembly?
+    /// AHCI controllers by `id=` (their ports are buses `ID.N`) with their firmware paths.
+    var ahci: [String: (controller: AHCIController, firmwarePath: String)] = [:]
     /// The `id=` of the `-device` being built.
     var deviceID: String?
 }
@@ -43,6 +47,14 @@ struct DeviceDriver: Sendable {
             try plugPCI(device, list: &list, pci: context.pci)
             context.created.append(device)
         },
+        DeviceDriver(name: "ahci", bus: "PCI", help: "ICH9 AHCI controller (8086:2922), 6 ports: ide-hd/ide-cd with bus=ID.N") {
+            list, context throws(ConfigError) in
+            try addAHCI(list: &list, context: &context)
+        },
+        DeviceDriver(name: "ich9-ahci", bus: "PCI", help: "the same as ahci") {
+            list, context throws(ConfigError) in
+            try addAHCI(list: &list, context: &context)
+        },
         DeviceDriver(name: "ide-hd", bus: "IDE", help: "virtual IDE disk (drive=ID of an if=none -drive, bus=ide.N, unit=U)") {
             list, context throws(ConfigError) in
             try attachIDEDevice(kind: .disk, list: &list, id: context.deviceID, context: &context)
@@ -67,6 +79,25 @@ struct DeviceDriver: Sendable {
     static var helpText: String {
         all.map { "name \"\($0.name)\", bus \($0.bus), desc \"\($0.help)\"" }.joined(separator: "\n")
     }
+}
+
+/// `-device ahci,id=ID[,addr=SLOT]`: the controller is plugged now (PCI slots follow the
+/// command line order, as in QEMU) and `ide-hd`/`ide-cd` with `bus=ID.N` attach drives to it.
+func addAHCI(list: inout OptionList, context: inout DeviceContext) throws(ConfigError) {
+    let name = context.deviceID ?? "ahci\(context.ahci.count)"
+    guard context.ahci[name] == nil else {
+        throw ConfigError(option: "-device", value: list.text, reason: "Duplicate ID '\(name)' for device")
+    }
+    let sink = context.router.sink
+    let controller = AHCIController(stateID: "ahci:\(name)", memory: context.memory, poster: context.poster,
+                                    msi: { sink.signalMSI($0) })
+    try plugPCI(controller, list: &list, pci: context.pci)
+    let devfn = context.pci.functions.firstIndex { $0 === controller } ?? 0
+    // The firmware device path QEMU 7.2 writes into bootorder: class 01:06 has no firmware name,
+    // so the node is named by vendor and device.
+    let function = devfn & 7 == 0 ? "" : ",\(devfn & 7)"
+    context.ahci[name] = (controller, "/pci@i0cf8/pci8086,2922@\(String(devfn >> 3, radix: 16))\(function)")
+    context.created.append(controller)
 }
 
 func register(_ device: any BusDevice, on bus: Bus, base: UInt64, length: UInt64, name: String,

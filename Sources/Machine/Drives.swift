@@ -100,12 +100,12 @@ final class IDEAssembly {
     var unnamedDrives: [String: DriveSpec] = [:]
     var usedDrives: Set<String> = []
     var serialCounter = 0
-    /// `bootindex=` of ide-hd/ide-cd devices: (index, channel, unit).
-    var bootIndices: [(index: Int, channel: Int, unit: Int)] = []
+    /// `bootindex=` of ide-hd/ide-cd devices and their firmware device paths.
+    var bootIndices: [(index: Int, path: String)] = []
 
-    /// fw_cfg "bootorder" lines in SeaBIOS's (and QEMU's) device-path syntax for PIIX3 IDE.
+    /// fw_cfg "bootorder" lines in SeaBIOS's (and QEMU's) device-path syntax.
     var bootOrderPaths: [String] {
-        bootIndices.sorted { $0.index < $1.index }.map { "/pci@i0cf8/ide@1,1/drive@\($0.channel)/disk@\($0.unit)" }
+        bootIndices.sorted { $0.index < $1.index }.map(\.path)
     }
 
     func serial() -> String {
@@ -177,7 +177,7 @@ extension PCMachine {
             throw MachineError("IDE controller: \(error)")
         }
         append(devices: [controller])
-        for drive in controller.drives where drive.isRemovable {
+        for drive in blockDrives where drive.isRemovable {
             drive.onTrayMoved = { [weak self] drive, open in
                 self?.monitorEvents?.emit(event: "DEVICE_TRAY_MOVED", data: JSONObject([
                     ("device", .string(drive.id)), ("id", .string(drive.qdevID ?? drive.id)), ("tray-open", .bool(open))]))
@@ -192,9 +192,9 @@ extension PCMachine {
         }
     }
 
-    /// The IDE drives, for query-block and the media commands (call with `lock` held).
+    /// The IDE and AHCI drives, for query-block and the media commands (call with `lock` held).
     public var blockDrives: [ATADrive] {
-        devices.compactMap { $0 as? PIIX3IDEController }.flatMap(\.drives)
+        devices.compactMap { $0 as? StorageController }.flatMap(\.drives)
     }
 
     /// The drive a monitor command names: by drive id or by the device's id.
@@ -208,39 +208,63 @@ extension PCMachine {
     }
 }
 
-/// `-device ide-hd` / `ide-cd`: `drive=ID` (an if=none drive), `bus=ide.N`, `unit=U`,
-/// `bootindex=N` (fw_cfg bootorder).
+/// `-device ide-hd` / `ide-cd`: `drive=ID` (an if=none drive), `bus=ide.N` (PIIX3) or
+/// `bus=ID.N` (port N of the AHCI controller `-device ahci,id=ID`), `unit=U`, `bootindex=N`
+/// (fw_cfg bootorder).
 func attachIDEDevice(kind: ATADrive.Kind, list: inout OptionList, id: String?, context: inout DeviceContext) throws(ConfigError) {
     func fail(_ reason: String) -> ConfigError { ConfigError(option: "-device", value: list.text, reason: reason) }
     guard let assembly = context.ide else { throw fail("no IDE bus") }
     let driveID = list.take("drive")
-    var bus: Int?
-    if let name = list.take("bus") {
-        guard name.hasPrefix("ide."), let n = Int(name.dropFirst(4)), (0...1).contains(n) else {
-            throw fail("Bus '\(name)' not found (ide.0 or ide.1)")
-        }
-        bus = n
-    }
+    let busName = list.take("bus")
     let unit = try list.takeUInt("unit", max: 1).map(Int.init)
     let bootIndex = try list.takeUInt("bootindex", max: 1 << 30).map(Int.init)
     // The IDENTIFY serial number (20 characters at most); QEMU's QMnnnnn otherwise.
     let serial = list.take("serial").map { String($0.prefix(20)) }
-    let slot: (Int, Int)
-    if let bus {
-        guard let u = unit ?? (0..<2).first(where: { assembly.slots[bus][$0] == nil }) else { throw fail("IDE bus ide.\(bus) is full") }
-        slot = (bus, u)
-    } else if let unit {
-        slot = (0, unit)
+    let kindName = kind == .cdrom ? "cd" : "hd"
+
+    // Where the drive goes: a PIIX3 slot or an AHCI port; its default name and firmware path.
+    var ideSlot: (Int, Int)?
+    var ahciPort: (controller: AHCIController, port: Int)?
+    let defaultName: String, bootPath: String
+    if let busName, !busName.hasPrefix("ide."), let dot = busName.lastIndex(of: ".") {
+        guard let bus = context.ahci[String(busName[..<dot])], let port = Int(busName[busName.index(after: dot)...]),
+              (0..<AHCIController.portCount).contains(port) else {
+            throw fail("Bus '\(busName)' not found")
+        }
+        guard unit ?? 0 == 0 else { throw fail("unit \(unit ?? 0) on AHCI port \(busName): an AHCI port has one unit, 0") }
+        guard bus.controller.drive(onPort: port) == nil else { throw fail("AHCI port \(busName) is in use") }
+        ahciPort = (bus.controller, port)
+        defaultName = "\(busName)-\(kindName)"
+        bootPath = "\(bus.firmwarePath)/drive@\(port)/disk@0"
     } else {
-        guard let free = assembly.freeSlot() else { throw fail("no free IDE slot") }
-        slot = free
+        var bus: Int?
+        if let busName {
+            guard busName.hasPrefix("ide."), let n = Int(busName.dropFirst(4)), (0...1).contains(n) else {
+                throw fail("Bus '\(busName)' not found (ide.0 or ide.1)")
+            }
+            bus = n
+        }
+        let slot: (Int, Int)
+        if let bus {
+            guard let u = unit ?? (0..<2).first(where: { assembly.slots[bus][$0] == nil }) else { throw fail("IDE bus ide.\(bus) is full") }
+            slot = (bus, u)
+        } else if let unit {
+            slot = (0, unit)
+        } else {
+            guard let free = assembly.freeSlot() else { throw fail("no free IDE slot") }
+            slot = free
+        }
+        guard assembly.slots[slot.0][slot.1] == nil else { throw fail("IDE unit \(slot.1) on ide.\(slot.0) is in use") }
+        ideSlot = slot
+        defaultName = "ide\(slot.0)-\(kindName)\(slot.1)"
+        bootPath = "/pci@i0cf8/ide@1,1/drive@\(slot.0)/disk@\(slot.1)"
     }
-    guard assembly.slots[slot.0][slot.1] == nil else { throw fail("IDE unit \(slot.1) on ide.\(slot.0) is in use") }
+
     var medium: BlockBackend?
     var readOnly = kind == .cdrom
-    var name = id ?? "ide\(slot.0)-\(kind == .cdrom ? "cd" : "hd")\(slot.1)"
+    var name = id ?? defaultName
     if let driveID {
-        guard var spec = assembly.unnamedDrives[driveID] else { throw fail("Property '\(kind == .cdrom ? "ide-cd" : "ide-hd").drive' can't find value '\(driveID)'") }
+        guard var spec = assembly.unnamedDrives[driveID] else { throw fail("Property 'ide-\(kindName).drive' can't find value '\(driveID)'") }
         guard assembly.usedDrives.insert(driveID).inserted else { throw fail("drive '\(driveID)' is already in use") }
         if kind == .cdrom { spec.readOnly = true } else if spec.readOnly { throw fail("Can't use a read-only drive") }
         spec.kind = kind
@@ -252,10 +276,14 @@ func attachIDEDevice(kind: ATADrive.Kind, list: inout OptionList, id: String?, c
     }
     if let bootIndex {
         guard !assembly.bootIndices.contains(where: { $0.index == bootIndex }) else { throw fail("bootindex \(bootIndex) is used twice") }
-        assembly.bootIndices.append((bootIndex, slot.0, slot.1))
+        assembly.bootIndices.append((bootIndex, bootPath))
     }
-    assembly.slots[slot.0][slot.1] = ATADrive(kind: kind, medium: medium, id: name, qdevID: id, serial: serial ?? assembly.serial(),
-                                              readOnly: readOnly)
+    let drive = ATADrive(kind: kind, medium: medium, id: name, qdevID: id, serial: serial ?? assembly.serial(), readOnly: readOnly)
+    if let (controller, port) = ahciPort {
+        controller.attach(drive, port: port)
+    } else if let (bus, unit) = ideSlot {
+        assembly.slots[bus][unit] = drive
+    }
 }
 
 // MARK: monitor (QMP) side; call with `lock` held

@@ -125,7 +125,7 @@ extension PCMachine {
 
     /// `-device` entries, through the driver table.
     func assembleDevices(router: InterruptRouter, ide: IDEAssembly? = nil) throws {
-        var context = DeviceContext(ports: ports, mmio: mmio, pci: pci, router: router,
+        var context = DeviceContext(ports: ports, mmio: mmio, pci: pci, router: router, memory: memory, poster: loop,
                                     onDebugExit: { [weak self] status in self?.requestExit(status: status) })
         context.ide = ide
         for var list in config.devices {

@@ -109,7 +109,7 @@ extension PCMachine: MonitorHost {
 
     /// QEMU's names for the classes this machine has (`pci_class_descriptions`).
     static let pciClassNames: [UInt16: String] = [
-        0x0600: "Host bridge", 0x0601: "ISA bridge", 0x0680: "Bridge", 0x0101: "IDE controller",
+        0x0600: "Host bridge", 0x0601: "ISA bridge", 0x0680: "Bridge", 0x0101: "IDE controller", 0x0106: "SATA controller",
         0x0300: "VGA controller", 0x0200: "Ethernet controller", 0x00FF: "Class 00ff",
     ]
 

@@ -24,46 +24,57 @@ final class QueuedPoster: BlockCompletionPoster {
     }
 }
 
+/// A disk of `diskSectors` sectors whose every sector starts with its number (LE32) and is
+/// filled with its low byte, and a CD of `cdBlocks` 2048-byte blocks patterned the same way
+/// (or an empty CD drive), in a temporary directory that goes away with them.
+final class PatternDrives {
+    let directory: URL
+    let disk: ATADrive?
+    let cdrom: ATADrive?
+
+    init(diskSectors: Int?, cdBlocks: Int?, emptyCDROM: Bool = false, diskID: String, cdID: String) throws {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("ata-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        if let diskSectors {
+            let path = try IDETestRig.patternImage(at: directory.appendingPathComponent("disk.raw").path, blocks: diskSectors, blockSize: 512)
+            disk = ATADrive(kind: .disk, medium: try BlockBackend(path: path, options: BlockOpenOptions(format: .raw), workers: 1),
+                            id: diskID, serial: "QM00001")
+        } else {
+            disk = nil
+        }
+        if let cdBlocks {
+            let path = try IDETestRig.patternImage(at: directory.appendingPathComponent("cd.iso").path, blocks: cdBlocks, blockSize: 2048)
+            cdrom = ATADrive(kind: .cdrom, medium: try BlockBackend(path: path, options: BlockOpenOptions(format: .raw, readOnly: true),
+                                                                   workers: 1),
+                             id: cdID, serial: "QM00003")
+        } else {
+            cdrom = emptyCDROM ? ATADrive(kind: .cdrom, medium: nil, id: cdID, serial: "QM00003") : nil
+        }
+    }
+
+    deinit { try? FileManager.default.removeItem(at: directory) }
+}
+
 /// A PIIX3 IDE controller with a raw disk (primary master) and/or a CD-ROM (secondary master),
 /// driven through its port windows like a guest driver would.
 final class IDETestRig {
     let legacy: LegacyTestRig
     let poster = QueuedPoster()
     let controller: PIIX3IDEController
-    let disk: ATADrive?
-    let cdrom: ATADrive?
-    let directory: URL
+    let drives: PatternDrives
     let errors = GuestErrorLog(burst: 1000, sink: { _ in })
+    var disk: ATADrive? { drives.disk }
+    var cdrom: ATADrive? { drives.cdrom }
+    var directory: URL { drives.directory }
 
-    /// A disk of `diskSectors` sectors whose every sector starts with its number (LE32) and is
-    /// filled with its low byte; a CD of `cdBlocks` 2048-byte blocks patterned the same way.
     init(diskSectors: Int? = 64, cdBlocks: Int? = nil, emptyCDROM: Bool = false, ramSize: Int = 1 << 20) throws {
         legacy = try LegacyTestRig(ramSize: ramSize)
-        directory = FileManager.default.temporaryDirectory.appendingPathComponent("ide-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        var diskDrive: ATADrive?
-        if let diskSectors {
-            let path = try Self.patternImage(at: directory.appendingPathComponent("disk.raw").path, blocks: diskSectors, blockSize: 512)
-            diskDrive = ATADrive(kind: .disk, medium: try BlockBackend(path: path, options: BlockOpenOptions(format: .raw), workers: 1),
-                                 id: "ide0-hd0", serial: "QM00001")
-        }
-        var cdDrive: ATADrive?
-        if let cdBlocks {
-            let path = try Self.patternImage(at: directory.appendingPathComponent("cd.iso").path, blocks: cdBlocks, blockSize: 2048)
-            cdDrive = ATADrive(kind: .cdrom, medium: try BlockBackend(path: path, options: BlockOpenOptions(format: .raw, readOnly: true),
-                                                                     workers: 1),
-                               id: "ide1-cd0", serial: "QM00003")
-        } else if emptyCDROM {
-            cdDrive = ATADrive(kind: .cdrom, medium: nil, id: "ide1-cd0", serial: "QM00003")
-        }
-        disk = diskDrive
-        cdrom = cdDrive
-        controller = PIIX3IDEController(drives: [[diskDrive, nil], [cdDrive, nil]],
+        drives = try PatternDrives(diskSectors: diskSectors, cdBlocks: cdBlocks, emptyCDROM: emptyCDROM,
+                                   diskID: "ide0-hd0", cdID: "ide1-cd0")
+        controller = PIIX3IDEController(drives: [[drives.disk, nil], [drives.cdrom, nil]],
                                         irqs: [legacy.router.line(gsi: 14), legacy.router.line(gsi: 15)],
                                         memory: legacy.memory, poster: poster, log: errors)
     }
-
-    deinit { try? FileManager.default.removeItem(at: directory) }
 
     static func patternImage(at path: String, blocks: Int, blockSize: Int) throws -> String {
         var data = Data(count: blocks * blockSize)

@@ -132,8 +132,33 @@ final class StorageBootTests: XCTestCase {
                              drive: "E0")
     }
 
-    /// guests/ide-dma.c as firmware: BAR4, PRD tables, IRQ 14 and 15 through the PIC on KVM, ATA and ATAPI DMA.
-    func testBusMasterDMAGuestOnKVM() throws {
+    // MARK: AHCI
+
+    /// libxl's AHCI disk: the controller, an if=none drive and ide-hd on port N.
+    func ahciDisk(_ file: String, format: String, port: Int = 0) -> [String] {
+        ["-device", "ahci,id=ahci0",
+         "-drive", "file=\(file),if=none,id=ahcidisk-\(port),format=\(format),cache=writeback",
+         "-device", "ide-hd,bus=ahci0.\(port),unit=0,drive=ahcidisk-\(port)"]
+    }
+
+    func testSeaBIOSBootsRawAHCIDisk() throws {
+        try expectBootSector(ahciDisk(try bootSectorDisk(), format: "raw"), drive: "80")
+    }
+
+    func testSeaBIOSBootsQcow2AHCIDiskOnPort3() throws {
+        try expectBootSector(ahciDisk(try qcow2(from: try bootSectorDisk()), format: "qcow2", port: 3), drive: "80")
+    }
+
+    func testSeaBIOSBootsElToritoISOFromAHCICDByBootIndex() throws {
+        // A bootable AHCI disk too; bootindex puts the CD first (fw_cfg bootorder, pci8086,2922@ paths).
+        try expectBootSector(ahciDisk(try bootSectorDisk(), format: "raw") + [
+            "-drive", "if=none,readonly=on,id=ahcicd,file=\(try qcow2(from: try bootSectorISO())),format=qcow2",
+            "-device", "ide-cd,id=cd0,drive=ahcicd,bus=ahci0.2,bootindex=1"], drive: "E0")
+    }
+
+    /// pattern.raw (1024 sectors) and pattern.iso (16 blocks): block n starts with n (LE32) and is
+    /// filled with n's low byte, as guests/ide-dma.c and guests/ahci.c expect.
+    func patternImages() throws -> (disk: String, cd: String) {
         var disk = Data(count: 1024 * 512)
         for n in 0..<1024 {
             disk.replaceSubrange(n * 512..<(n + 1) * 512, with: [UInt8](repeating: UInt8(truncatingIfNeeded: n), count: 512))
@@ -146,40 +171,69 @@ final class StorageBootTests: XCTestCase {
             withUnsafeBytes(of: UInt32(n).littleEndian) { cd.replaceSubrange(n * 2048..<n * 2048 + 4, with: $0) }
         }
         try cd.write(to: URL(fileURLWithPath: path("pattern.iso")))
+        return (path("pattern.raw"), path("pattern.iso"))
+    }
+
+    /// Runs guests/NAME.c as firmware with `drives`; it must print PASS NAME.
+    func expectGuestPasses(_ name: String, _ drives: [String], file: StaticString = #filePath, line: UInt = #line) throws {
         let build = try VMProcess.guestsBuilt.get()
         let (status, out, err) = try VMProcess.run(["-M", "pc", "-m", "64", "-nodefaults", "-nographic", "-serial", "stdio",
                                                     "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
-                                                    "-bios", build.appendingPathComponent("ide-dma.bin").path,
-                                                    "-drive", "file=\(path("pattern.raw")),format=raw,if=ide,index=0",
-                                                    "-drive", "file=\(path("pattern.iso")),format=raw,if=ide,index=2,media=cdrom"],
+                                                    "-bios", build.appendingPathComponent("\(name).bin").path] + drives,
                                                    timeout: 60)
-        XCTAssertTrue(out.contains("PASS ide-dma"), "guest output:\n\(out)\nstderr:\n\(err)")
-        XCTAssertEqual(status, 1)
+        XCTAssertTrue(out.contains("PASS \(name)"), "guest output:\n\(out)\nstderr:\n\(err)", file: file, line: line)
+        XCTAssertEqual(status, 1, file: file, line: line)
+    }
+
+    /// guests/ide-dma.c as firmware: BAR4, PRD tables, IRQ 14 and 15 through the PIC on KVM, ATA and ATAPI DMA.
+    func testBusMasterDMAGuestOnKVM() throws {
+        let images = try patternImages()
+        try expectGuestPasses("ide-dma", ["-drive", "file=\(images.disk),format=raw,if=ide,index=0",
+                                          "-drive", "file=\(images.cd),format=raw,if=ide,index=2,media=cdrom"])
+    }
+
+    /// guests/ahci.c as firmware: HBA reset, PIO/DMA/NCQ commands, TFES recovery, INTx on IRQ 11
+    /// through the PIC, MSI to the local APIC, ATAPI DMA on a second port.
+    func testAHCIGuestOnKVM() throws {
+        let images = try patternImages()
+        try expectGuestPasses("ahci", ["-device", "ahci,id=ahci0",
+                                       "-drive", "file=\(images.disk),format=raw,if=none,id=d0",
+                                       "-device", "ide-hd,bus=ahci0.0,drive=d0",
+                                       "-drive", "file=\(images.cd),format=raw,if=none,id=cd0,readonly=on",
+                                       "-device", "ide-cd,bus=ahci0.1,drive=cd0"])
     }
 
     /// An empty CD drive gets its medium over QMP while SeaBIOS waits to retry the boot (QEMU
     /// 7.2 crashed on this); after the reboot SeaBIOS boots the new CD.
     func testMediumInsertedIntoEmptyDriveOverQMPBootsAfterReboot() throws {
+        try expectMediumInsertedOverQMPBoots(["-drive", "if=none,readonly=on,id=ide-5632",
+                                              "-device", "ide-cd,id=ide-5632,drive=ide-5632,bus=ide.1,unit=0"])
+    }
+
+    func testMediumInsertedIntoEmptyAHCICDOverQMPBootsAfterReboot() throws {
+        try expectMediumInsertedOverQMPBoots(["-device", "ahci,id=ahci0", "-drive", "if=none,readonly=on,id=ide-5632",
+                                              "-device", "ide-cd,id=ide-5632,drive=ide-5632,bus=ahci0.1,unit=0"])
+    }
+
+    /// `drive` defines an empty CD drive with id ide-5632.
+    func expectMediumInsertedOverQMPBoots(_ drive: [String], file: StaticString = #filePath, line: UInt = #line) throws {
         let iso = try bootSectorISO()
         let qmpPath = path("qmp.sock")
         let vm = try VMProcess(["-m", "64", "-nodefaults", "-nographic", "-serial", "stdio", "-device", "isa-debug-exit",
-                                "-qmp", "unix:\(qmpPath),server=on,wait=off",
-                                "-drive", "if=none,readonly=on,id=ide-5632",
-                                "-device", "ide-cd,id=ide-5632,drive=ide-5632,bus=ide.1,unit=0",
-                                "-boot", "order=d,reboot-timeout=1000"])
-        XCTAssertNotNil(vm.waitForOutput("No bootable device", timeout: 60), vm.stdout + vm.stderr)
+                                "-qmp", "unix:\(qmpPath),server=on,wait=off"] + drive + ["-boot", "order=d,reboot-timeout=1000"])
+        XCTAssertNotNil(vm.waitForOutput("No bootable device", timeout: 60), vm.stdout + vm.stderr, file: file, line: line)
         let qmp = try SerialSocket(path: qmpPath, timeout: 10)
-        XCTAssertTrue(qmp.wait(for: "\"QMP\"", timeout: 10), qmp.text)
+        XCTAssertTrue(qmp.wait(for: "\"QMP\"", timeout: 10), qmp.text, file: file, line: line)
         qmp.send("{\"execute\":\"qmp_capabilities\"}\n", typing: false)
-        XCTAssertTrue(qmp.wait(for: "\"return\"", timeout: 10), qmp.text)
+        XCTAssertTrue(qmp.wait(for: "\"return\"", timeout: 10), qmp.text, file: file, line: line)
         qmp.send("{\"execute\":\"blockdev-change-medium\",\"arguments\":{\"id\":\"ide-5632\",\"filename\":\"\(iso)\",\"format\":\"raw\"}}\n",
                  typing: false)
-        XCTAssertTrue(qmp.wait(for: "\"return\"", timeout: 10), qmp.text)
-        XCTAssertTrue(qmp.text.contains("DEVICE_TRAY_MOVED"), qmp.text)
+        XCTAssertTrue(qmp.wait(for: "\"return\"", timeout: 10), qmp.text, file: file, line: line)
+        XCTAssertTrue(qmp.text.contains("DEVICE_TRAY_MOVED"), qmp.text, file: file, line: line)
         qmp.send("{\"execute\":\"query-block\"}\n", typing: false)
-        XCTAssertTrue(qmp.wait(for: "cd.iso", timeout: 10), qmp.text)
-        XCTAssertEqual(vm.waitForExit(timeout: 60), 99, vm.stdout + vm.stderr)
-        XCTAssertTrue(vm.stdout.contains("SWIFTDM BOOT OK DL=E0"), vm.stdout)
+        XCTAssertTrue(qmp.wait(for: "cd.iso", timeout: 10), qmp.text, file: file, line: line)
+        XCTAssertEqual(vm.waitForExit(timeout: 60), 99, vm.stdout + vm.stderr, file: file, line: line)
+        XCTAssertTrue(vm.stdout.contains("SWIFTDM BOOT OK DL=E0"), vm.stdout, file: file, line: line)
     }
 
     func testDriveErrorsAreOneLineAndExitOne() throws {
@@ -189,6 +243,9 @@ final class StorageBootTests: XCTestCase {
             (["-drive", "file=x,format=vmdk"], "unsupported format"),
             (["-device", "ide-hd,drive=nosuch"], "can't find value 'nosuch'"),
             (["-device", "ide-cd,bus=ide.7"], "Bus 'ide.7' not found"),
+            (["-device", "ahci,id=ahci0", "-device", "ide-cd,bus=ahci0.6"], "Bus 'ahci0.6' not found"),
+            (["-device", "ahci,id=ahci0", "-device", "ide-cd,bus=ahci0.0,unit=1"], "an AHCI port has one unit"),
+            (["-device", "ahci,id=a", "-device", "ahci,id=a"], "Duplicate ID 'a'"),
             (["-hda", try bootSectorDisk(), "-drive", "file=\(try bootSectorDisk()),index=0,format=raw"], "exists"),
         ]
         for (arguments, message) in cases {

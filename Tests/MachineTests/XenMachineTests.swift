@@ -1,5 +1,6 @@
 import Config
 import DMCore
+import Devices
 import Foundation
 import XCTest
 @testable import Machine
@@ -72,6 +73,31 @@ final class XenMachineTests: XCTestCase {
         XCTAssertFalse(ops.contains(.serverEnabled(true)), "the server is enabled only when the VM runs")
         XCTAssertEqual(store.read("device-model/4/backends"), "")
         XCTAssertNil(store.read("device-model/4/state"))
+    }
+
+    /// hdtype=ahci: libxl's AHCI disk (`-device ahci,id=ahci0` + an if=none drive + ide-hd on
+    /// ahci0.0). The controller takes the next free slot, the disk is listed with the CD, and
+    /// the PV drivers' unplug leaves it: QEMU unplugs IDE, SCSI and NVMe disks only.
+    func testLibxlAHCIDiskAssemblesAndStaysAfterUnplug() throws {
+        var arguments = libxlArguments()
+        let ideDisk = "file=\(path("disk.img")),if=ide,index=0,media=disk,format=raw,cache=writeback"
+        guard let at = arguments.firstIndex(of: ideDisk) else { return XCTFail("no IDE disk in the argv") }
+        FileManager.default.createFile(atPath: path("ide.img"), contents: Data(count: 1 << 20))
+        arguments.replaceSubrange(at - 1...at, with: [
+            "-device", "ahci,id=ahci0",
+            "-drive", "file=\(path("disk.img")),if=none,id=ahcidisk-0,format=raw,cache=writeback",
+            "-device", "ide-hd,bus=ahci0.0,unit=0,drive=ahcidisk-0",
+            "-drive", "file=\(path("ide.img")),if=ide,index=1,media=disk,format=raw"])
+        let (machine, sim, _) = try makeMachine(arguments)
+        defer { machine.shutdownBackends() }
+        XCTAssertTrue(sim.dmOps.contains(.mapPCI(PCIAddress(device: 3))), "AHCI after the platform device")
+        XCTAssertEqual(machine.lock.withLock { machine.blockDrives.map(\.id) }.sorted(), ["ahcidisk-0", "ide-5632", "ide0-hd1"])
+        let platform = machine.lock.withLock { machine.devices.compactMap { $0 as? XenPlatformDevice }.first }
+        machine.lock.withLock {
+            platform?.write(region: XenPlatformDevice.fixedPortRegion, offset: 0, size: 2, value: 0x0001)
+        }
+        XCTAssertEqual(machine.lock.withLock { machine.blockDrives.map(\.id) }.sorted(), ["ahcidisk-0", "ide-5632"],
+                       "the IDE disk is unplugged, the AHCI disk and the CD stay")
     }
 
     func testMachineTypesAndErrors() throws {

@@ -40,9 +40,19 @@ struct ATATaskFile: Equatable {
     }
 }
 
+/// Where a channel's DMA data lives when it is not PIIX3's PRD table: an AHCI command's PRDT.
+/// With a source attached, DMA commands start at once (an AHCI port has no bus-master start
+/// bit) and the source hands out the scatter/gather segments.
+protocol ATADMASource: AnyObject {
+    /// The next segment, or nil when the list ended or cannot be read.
+    func nextDMASegment() -> (address: UInt64, length: Int)?
+}
+
 /// One IDE channel (cable): up to two drives, their task files, the device control register,
 /// the interrupt, the bus-master DMA registers of this channel, and the one transfer the
-/// channel can have in progress. ATA commands are here; ATAPI packets in `ATAChannel+ATAPI`.
+/// channel can have in progress. ATA commands are here; ATAPI packets in `ATAPICommands`.
+/// An AHCI port drives one channel too (`AHCIPort`): it loads the task file from the command
+/// FIS, supplies the PRDT as `dmaSource` and moves PIO blocks itself.
 ///
 /// Every guest value is hostile: sector counts and LBAs are checked against the medium before
 /// any I/O (and again by `BlockBackend`), PRD tables are walked with a bound on entries and
@@ -110,9 +120,13 @@ public final class ATAChannel: @unchecked Sendable {
     var buffer = ATATransferBuffer()
     var generation: UInt64 = 0
     var requestStart: UInt64 = 0
+    /// An AHCI port's PRDT; nil on PIIX3, whose bus master reads PRD tables.
+    weak var dmaSource: (any ATADMASource)?
+    /// NCQ queue depth IDENTIFY advertises (0: none, as on PIIX3).
+    var ncqQueueDepth = 0
 
     init(index: Int, drives: [ATADrive?], irq: IRQLine?, memory: any GuestMemory,
-         poster: any BlockCompletionPoster, log: GuestErrorLog) {
+         poster: any BlockCompletionPoster, log: GuestErrorLog, name: String? = nil) {
         precondition(drives.count == 2)
         self.index = index
         self.drives = drives
@@ -120,7 +134,7 @@ public final class ATAChannel: @unchecked Sendable {
         self.memory = memory
         self.poster = poster
         self.log = log
-        name = "ide.\(index)"
+        self.name = name ?? "ide.\(index)"
         setPowerOnState()
     }
 
@@ -566,7 +580,7 @@ public final class ATAChannel: @unchecked Sendable {
         if interrupt { setInterrupt(true) }
     }
 
-    private func dataInBlockDone() {
+    func dataInBlockDone() {
         if operation == .identify { return completeCommand(interrupt: false) }
         if pioPosition < bufferFill {
             startDataIn(length: min(blockBytes, bufferFill - pioPosition))
@@ -580,7 +594,7 @@ public final class ATAChannel: @unchecked Sendable {
         }
     }
 
-    private func dataOutBlockDone() {
+    func dataOutBlockDone() {
         if operation == .atapiPacket {
             phase = .idle
             return executePacket()
@@ -632,7 +646,7 @@ public final class ATAChannel: @unchecked Sendable {
         bufferFill = count * sectorSize
         pioPosition = 0
         if usesDMA {
-            guard scatterToGuest(count: bufferFill) else { return dmaFailed() }
+            guard scatterToGuest(from: 0, count: bufferFill) else { return dmaFailed() }
             if sectorsLeft > 0 { fetch() } else { dmaDone() }
         } else {
             if operation == .ataRead { setTaskFileLBA(lba &- 1, lba48: true) }
@@ -700,7 +714,7 @@ public final class ATAChannel: @unchecked Sendable {
     func waitForDMA() {
         phase = .dmaWait
         status = ATAStatus.ready | ATAStatus.seekComplete | ATAStatus.dataRequest
-        if bmCommand & 0x01 != 0 { runDMA() }
+        if dmaSource != nil || bmCommand & 0x01 != 0 { runDMA() }
     }
 
     /// Starts the transfer the command set up, once the bus master is running.
@@ -711,7 +725,7 @@ public final class ATAChannel: @unchecked Sendable {
         case .ataRead, .atapiRead: fetch()
         case .ataWrite: gatherAndStore()
         case .atapiReply:
-            guard scatterToGuest(count: bufferFill) else { return dmaFailed() }
+            guard scatterToGuest(from: 0, count: bufferFill) else { return dmaFailed() }
             dmaDone()
         default: dmaFailed()
         }
@@ -719,17 +733,15 @@ public final class ATAChannel: @unchecked Sendable {
 
     private func gatherAndStore() {
         let count = min(sectorsLeft, ATATransferBuffer.capacity / sectorSize)
-        guard gatherFromGuest(count: count * sectorSize) else { return dmaFailed() }
+        guard gatherFromGuest(into: 0, count: count * sectorSize) else { return dmaFailed() }
         sectorsLeft -= count
         bufferFill = count * sectorSize
         store()
     }
 
     func bmStart() {
+        restartScatterGather()
         prdNext = UInt64(bmPRDTable)
-        prdEntries = 0
-        prdSegmentLeft = 0
-        prdEndOfTable = false
         bmStatus |= 0x01
         if phase == .dmaWait { runDMA() }
     }
@@ -744,8 +756,21 @@ public final class ATAChannel: @unchecked Sendable {
         bmStatus &= ~0x01
     }
 
+    /// Forgets the segment cursor: the next transfer starts at the list's first entry.
+    func restartScatterGather() {
+        prdEntries = 0
+        prdSegmentLeft = 0
+        prdEndOfTable = false
+    }
+
     /// The next PRD segment, or false when the table ended, is unreadable or runs too long.
     private func nextSegment() -> Bool {
+        if let dmaSource {
+            guard let segment = dmaSource.nextDMASegment() else { return false }
+            prdSegmentAddress = segment.address
+            prdSegmentLeft = segment.length
+            return true
+        }
         guard !prdEndOfTable, prdEntries < Self.maxPRDEntries else { return false }
         let address: UInt32, control: UInt32
         do {
@@ -764,17 +789,17 @@ public final class ATAChannel: @unchecked Sendable {
         return true
     }
 
-    /// Copies buffer[0..<count] into the PRD segments.
-    private func scatterToGuest(count: Int) -> Bool {
-        var done = 0
-        while done < count {
+    /// Copies buffer[start..<start + count] into the PRD segments.
+    func scatterToGuest(from start: Int, count: Int) -> Bool {
+        var done = start
+        while done < start + count {
             if prdSegmentLeft == 0 {
                 guard nextSegment() else {
                     log.report(name, "PRD table too short or invalid for the transfer")
                     return false
                 }
             }
-            let n = min(prdSegmentLeft, count - done)
+            let n = min(prdSegmentLeft, start + count - done)
             do {
                 try memory.write(at: prdSegmentAddress, bytes: buffer.bytes[done..<done + n])
             } catch {
@@ -788,17 +813,18 @@ public final class ATAChannel: @unchecked Sendable {
         return true
     }
 
-    private func gatherFromGuest(count: Int) -> Bool {
+    /// Fills buffer[start..<start + count] from the PRD segments.
+    func gatherFromGuest(into start: Int, count: Int) -> Bool {
         buffer.allocateIfNeeded()
-        var done = 0
-        while done < count {
+        var done = start
+        while done < start + count {
             if prdSegmentLeft == 0 {
                 guard nextSegment() else {
                     log.report(name, "PRD table too short or invalid for the transfer")
                     return false
                 }
             }
-            let n = min(prdSegmentLeft, count - done)
+            let n = min(prdSegmentLeft, start + count - done)
             do {
                 try memory.read(at: prdSegmentAddress, into: &buffer.bytes, offset: done, count: n)
             } catch {
@@ -822,7 +848,8 @@ public final class ATAChannel: @unchecked Sendable {
         }
     }
 
-    private func dmaFailed() {
+    /// The data could not reach (or come from) guest memory: ABRT, or CHECK CONDITION for ATAPI.
+    func dmaFailed() {
         bmStatus = (bmStatus | 0x02) & ~0x01
         if operation == .atapiRead || operation == .atapiReply {
             atapiCheckCondition(senseKey: 0x05, asc: 0x24)  // ILLEGAL REQUEST, invalid field

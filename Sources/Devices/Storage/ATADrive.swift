@@ -53,6 +53,11 @@ public enum ATAMediaError: Error, Equatable, CustomStringConvertible {
     }
 }
 
+/// A controller with ATA drives: what the monitor lists (query-block) and changes media in.
+public protocol StorageController: AnyObject {
+    var drives: [ATADrive] { get }
+}
+
 /// One IDE drive: a hard disk or a CD-ROM, its medium, tray and lock, the identity strings the
 /// guest sees, and the I/O counters. The ATA/ATAPI protocol lives in `ATAChannel`.
 ///

@@ -54,6 +54,10 @@ extension ATAChannel {
         Self.putTransferModes(drive, into: &w)
         w[64] = 0x03        // PIO 3 and 4
         w[65] = 120; w[66] = 120; w[67] = 120; w[68] = 120
+        if ncqQueueDepth > 0 {
+            w[75] = UInt16(ncqQueueDepth - 1)
+            w[76] = 1 << 8 | 1 << 1  // NCQ, SATA 1.5 Gb/s
+        }
         w[80] = 0xF0        // ATA-4 to ATA-7
         w[81] = 0x16
         w[82] = 1 << 14 | 1 << 5                    // write cache

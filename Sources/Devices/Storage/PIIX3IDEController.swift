@@ -7,7 +7,7 @@ import DMCore
 ///
 /// The legacy windows are registered by the machine as regions `primaryCommandRegion` ...
 /// `secondaryControlRegion`; BAR4 arrives as region 4.
-public final class PIIX3IDEController: PCIDevice, Snapshottable, Resettable, @unchecked Sendable {
+public final class PIIX3IDEController: PCIDevice, StorageController, Snapshottable, Resettable, @unchecked Sendable {
     public static let primaryCommandRegion = 10
     public static let primaryControlRegion = 11
     public static let secondaryCommandRegion = 12
