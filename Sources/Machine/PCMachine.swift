@@ -69,6 +69,8 @@ public final class PCMachine: @unchecked Sendable {
         let biosBytes = try FirmwareImage.load(biosPath)
         let layout = PCMemoryLayout(ramSize: config.memoryBytes, biosSize: UInt64(biosBytes.count),
                                     maxBelowFourGiB: maxBelowFourGiB)
+        // Direct kernel boot: read and check the files before the VM exists.
+        let linuxBoot = try LinuxBoot.load(config, belowFourGiB: layout.belowFourGiB, dma: config.fwCfgDMA)
         let ram: HostMemory, bios: HostMemory
         do {
             ram = try HostMemory(size: Int(config.memoryBytes))
@@ -144,7 +146,7 @@ public final class PCMachine: @unchecked Sendable {
         do {
             try assembleChardevs()
             try assembleISA(router: router, layout: layout)
-            try assembleFirmwareConfig(layout: layout)
+            try assembleFirmwareConfig(layout: layout, linuxBoot: linuxBoot)
             let ide = try assembleIDE(router: router)
             try assembleDevices(router: router, ide: ide)
             try finishIDE(ide, router: router)

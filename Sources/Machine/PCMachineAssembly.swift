@@ -82,9 +82,9 @@ extension PCMachine {
         append(devices: [rtc, keyboard, port92, post] + uarts + extra)
     }
 
-    /// The fw_cfg device and everything SeaBIOS reads from it.
-    func assembleFirmwareConfig(layout: PCMemoryLayout) throws {
-        let fwcfg = FwCfg(memory: memory)
+    /// The fw_cfg device and everything SeaBIOS reads from it, including a direct kernel boot.
+    func assembleFirmwareConfig(layout: PCMemoryLayout, linuxBoot: LinuxBoot? = nil) throws {
+        let fwcfg = FwCfg(memory: memory, dmaEnabled: config.fwCfgDMA)
         try ports.register(fwcfg, base: 0x510, length: 12, name: "fw_cfg")
         func le<T: FixedWidthInteger>(_ value: T) -> [UInt8] { withUnsafeBytes(of: value.littleEndian, Array.init) }
         try fwcfg.addItem(key: FwCfgKey.ramSize, data: le(config.memoryBytes))
@@ -99,6 +99,12 @@ extension PCMachine {
         try fwcfg.addFile(name: "etc/e820", data: Self.e820Table(layout))
         // -1: after "No bootable device." wait forever, as QEMU without reboot-timeout.
         try fwcfg.addFile(name: "etc/boot-fail-wait", data: le(Int32(config.bootRebootTimeout ?? -1)))
+        // SeaBIOS boots the entries of `bootorder` first, in order (QEMU's bootindex list).
+        var bootOrder: [String] = []
+        if let linuxBoot { bootOrder.append(try linuxBoot.install(into: fwcfg)) }
+        if !bootOrder.isEmpty {
+            try fwcfg.addFile(name: "bootorder", data: Array(bootOrder.joined(separator: "\n").utf8) + [0])
+        }
         append(devices: [fwcfg])
     }
 
