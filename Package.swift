@@ -40,5 +40,6 @@ let package = Package(
         .testTarget(name: "MonitorTests", dependencies: ["Monitor", "DMCore", "Config", "Backends", "CMonitor"],
                     swiftSettings: strict),
         .testTarget(name: "BlockTests", dependencies: ["Backends", "DMCore"], swiftSettings: strict),
+        .testTarget(name: "MachineTests", dependencies: ["Machine", "Devices", "DMCore", "Config"], swiftSettings: strict),
     ]
 )

@@ -29,6 +29,8 @@ struct LinuxBootImage: Equatable {
     /// The setup code and boot sector may use at most 32 KiB of the real-mode segment (the
     /// rest of its 64 KiB is the kernel's heap and stack, below the command line).
     static let maxSetupSize = 0x8000
+    /// The setup header ends before this offset (protocol 2.15's last field is at 0x268).
+    static let headerEnd = 0x270
     /// How much of the file `init(head:fileSize:)` wants to see: all of any valid setup.
     static let headSize = maxSetupSize
 
@@ -88,8 +90,10 @@ struct LinuxBootImage: Equatable {
         if head.count >= 4 && Array(head[0..<4]) == [0x7F, 0x45, 0x4C, 0x46] {
             throw fail("is an ELF file; only bzImage kernels can be booted directly (no PVH or multiboot ELF)")
         }
-        guard head.count >= Offset.version + 2,
-              Array(head[Offset.magic..<Offset.magic + 4]) == Array("HdrS".utf8) else {
+        guard head.count >= Self.headerEnd else {
+            throw fail("not a Linux bzImage (\(fileSize) bytes is too small)")
+        }
+        guard Array(head[Offset.magic..<Offset.magic + 4]) == Array("HdrS".utf8) else {
             if Self.hasMultibootHeader(head) {
                 throw fail("is a multiboot kernel; only Linux bzImage kernels can be booted directly")
             }
@@ -114,8 +118,9 @@ struct LinuxBootImage: Equatable {
         guard setupSize < fileSize, head.count >= setupSize else {
             throw fail("the file (\(fileSize) bytes) ends inside its \(setupSize)-byte real-mode setup")
         }
-        // The jump at 0x200 is a short jmp whose target must lie inside the setup.
-        guard head[Offset.jump] == 0xEB, Offset.jump + 2 + Int(head[Offset.jump + 1]) < setupSize else {
+        // The entry at 0x200 is a short jmp forward over the header (at most 127 bytes, so it
+        // stays inside even the smallest setup).
+        guard head[Offset.jump] == 0xEB, Int8(bitPattern: head[Offset.jump + 1]) >= 4 else {
             throw fail("the setup entry (jump at 0x200) does not lead into the setup code")
         }
         let kernelSize = fileSize - setupSize

@@ -273,7 +273,7 @@ public final class FwCfg: BusDevice, Snapshottable, Resettable, @unchecked Senda
             var done = 0
             while done < count {
                 let target = address + UInt64(done)
-                let piece = min(count - done, Int((target | UInt64(Self.fillChunk - 1)) + 1 - target))
+                let piece = min(count - done, Self.fillChunk - Int(target & UInt64(Self.fillChunk - 1)))
                 do throws(GuestMemoryError) {
                     try memory.withBytes(at: target, length: piece, forWriting: true) { destination in
                         destination.baseAddress!.copyMemory(from: source.baseAddress! + start + done, byteCount: piece)
