@@ -146,10 +146,10 @@ public final class PCMachine: @unchecked Sendable {
         do {
             try assembleChardevs()
             try assembleISA(router: router, layout: layout)
-            try assembleFirmwareConfig(layout: layout, linuxBoot: linuxBoot)
+            let firmwareBootEntries = try assembleFirmwareConfig(layout: layout, linuxBoot: linuxBoot)
             let ide = try assembleIDE(router: router)
             try assembleDevices(router: router, ide: ide)
-            try finishIDE(ide, router: router)
+            try finishIDE(ide, router: router, firmwareEntries: firmwareBootEntries)
         } catch let error as MachineError {
             throw error
         } catch let error as ConfigError {

@@ -82,8 +82,9 @@ extension PCMachine {
         append(devices: [rtc, keyboard, port92, post] + uarts + extra)
     }
 
-    /// The fw_cfg device and everything SeaBIOS reads from it, including a direct kernel boot.
-    func assembleFirmwareConfig(layout: PCMemoryLayout, linuxBoot: LinuxBoot? = nil) throws {
+    /// The fw_cfg device and everything SeaBIOS reads from it, including a direct kernel boot;
+    /// returns the `bootorder` entries it needs (written with the devices' ones).
+    func assembleFirmwareConfig(layout: PCMemoryLayout, linuxBoot: LinuxBoot? = nil) throws -> [BootEntry] {
         let fwcfg = FwCfg(memory: memory, dmaEnabled: config.fwCfgDMA)
         try ports.register(fwcfg, base: 0x510, length: 12, name: "fw_cfg")
         func le<T: FixedWidthInteger>(_ value: T) -> [UInt8] { withUnsafeBytes(of: value.littleEndian, Array.init) }
@@ -99,13 +100,10 @@ extension PCMachine {
         try fwcfg.addFile(name: "etc/e820", data: Self.e820Table(layout))
         // -1: after "No bootable device." wait forever, as QEMU without reboot-timeout.
         try fwcfg.addFile(name: "etc/boot-fail-wait", data: le(Int32(config.bootRebootTimeout ?? -1)))
-        // SeaBIOS boots the entries of `bootorder` first, in order (QEMU's bootindex list).
-        var bootOrder: [String] = []
-        if let linuxBoot { bootOrder.append(try linuxBoot.install(into: fwcfg)) }
-        if !bootOrder.isEmpty {
-            try fwcfg.addFile(name: "bootorder", data: Array(bootOrder.joined(separator: "\n").utf8) + [0])
-        }
+        // As QEMU's linuxboot ROM: bootindex 0, so SeaBIOS boots it first.
+        let bootEntries = try linuxBoot.map { [BootEntry(index: 0, path: try $0.install(into: fwcfg))] } ?? []
         append(devices: [fwcfg])
+        return bootEntries
     }
 
     /// The e820 map QEMU gives SeaBIOS: all RAM below the hole as usable (SeaBIOS carves the
