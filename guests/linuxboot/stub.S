@@ -83,6 +83,25 @@ protected:
     movw %ax, %gs
     leal 0xFFF0(%ebp), %esp
 
+    /* print the string at LABEL, then the header field at OFFSET loaded with LOAD, in hex */
+    .macro field label, load, offset
+    leal \label(%ebp), %esi
+    call puts
+    \load \offset(%ebp), %eax
+    call puthex
+    .endm
+    /* print the string at LABEL, then the checksum of %ecx bytes at %esi */
+    .macro sum label
+    pushl %esi
+    pushl %ecx
+    leal \label(%ebp), %esi
+    call puts
+    popl %ecx
+    popl %esi
+    call checksum
+    call puthex
+    .endm
+
     leal s_cmdline(%ebp), %esi
     call puts
     movl 0x228(%ebp), %esi
@@ -91,54 +110,26 @@ protected:
     leal s_close(%ebp), %esi
     call puts
 
-    leal s_initrd(%ebp), %esi
-    call puts
-    movl 0x218(%ebp), %eax
-    call puthex
-    leal s_size(%ebp), %esi
-    call puts
-    movl 0x21C(%ebp), %eax
-    call puthex
-    leal s_sum(%ebp), %esi
-    call puts
+    field s_initrd, movl, 0x218
+    field s_size, movl, 0x21C
     movl 0x218(%ebp), %esi
     movl 0x21C(%ebp), %ecx
-    call checksum
-    call puthex
+    sum s_sum
 
     leal s_kernel(%ebp), %esi
     call puts
-    movl 0x1F4(%ebp), %eax
-    shll $4, %eax
-    call puthex
-    leal s_sum(%ebp), %esi
-    call puts
     movl 0x1F4(%ebp), %ecx
     shll $4, %ecx
+    movl %ecx, %eax
+    call puthex
     movl $0x100000, %esi
-    call checksum
-    call puthex
+    sum s_sum
 
-    leal s_header(%ebp), %esi
-    call puts
-    movzbl 0x210(%ebp), %eax
-    call puthex
-    leal s_loadflags(%ebp), %esi
-    call puts
-    movzbl 0x211(%ebp), %eax
-    call puthex
-    leal s_heap(%ebp), %esi
-    call puts
-    movzwl 0x224(%ebp), %eax
-    call puthex
-    leal s_ptr(%ebp), %esi
-    call puts
-    movl 0x228(%ebp), %eax
-    call puthex
-    leal s_vid(%ebp), %esi
-    call puts
-    movzwl 0x1FA(%ebp), %eax
-    call puthex
+    field s_header, movzbl, 0x210
+    field s_loadflags, movzbl, 0x211
+    field s_heap, movzwl, 0x224
+    field s_ptr, movl, 0x228
+    field s_vid, movzwl, 0x1FA
     leal s_done(%ebp), %esi
     call puts
 
