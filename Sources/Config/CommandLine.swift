@@ -190,9 +190,24 @@ public enum CommandLineParser {
             _ = try list.takeBool("strict")
             try list.rejectUnknown()
         },
-        value(["kernel"], "bzImage", "Linux kernel for direct boot") { c, text in c.kernel = text },
-        value(["initrd"], "file", "initial ramdisk for direct boot") { c, text in c.initrd = text },
+        value(["kernel"], "bzImage", "Linux kernel for direct boot (loaded by SeaBIOS over fw_cfg)") { c, text throws(ConfigError) in
+            guard !text.isEmpty else { throw ConfigError(option: "-kernel", value: text, reason: "empty file name") }
+            c.kernel = text
+        },
+        value(["initrd"], "file", "initial ramdisk for direct boot (one file)") { c, text throws(ConfigError) in
+            guard !text.isEmpty else { throw ConfigError(option: "-initrd", value: text, reason: "empty file name") }
+            c.initrd = text
+        },
         value(["append"], "cmdline", "kernel command line") { c, text in c.append = text },
+        value(["global"], "fw_cfg_io.dma_enabled=on|off", "device property default (only fw_cfg DMA for now)") { c, text throws(ConfigError) in
+            let parts = text.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            let name = parts[0].lowercased()
+            guard parts.count == 2, ["fw_cfg_io.dma_enabled", "fw_cfg.dma_enabled"].contains(name) else {
+                throw ConfigError(option: "-global", value: text, reason: "unsupported property (only fw_cfg_io.dma_enabled=on|off)")
+            }
+            var list = try OptionList(option: "-global", text: "dma_enabled=" + parts[1])
+            c.fwCfgDMA = try list.takeBool("dma_enabled") ?? true
+        },
         value(["d"], "item[,...]", "log items: guest_errors, unimp (accesses no device claims)") { c, text throws(ConfigError) in
             let items = text.split(separator: ",").map(String.init)
             if let bad = items.first(where: { !["guest_errors", "unimp"].contains($0) }) {
@@ -298,6 +313,15 @@ public enum CommandLineParser {
             if config.machineType == "help" { return .listMachines }
             if config.devices.last?.entries.first.map({ $0.key == "driver" && $0.value == "help" }) == true {
                 return .listDevices
+            }
+        }
+        // As QEMU: the initrd and command line only mean something to a -kernel.
+        if config.kernel == nil {
+            if let initrd = config.initrd {
+                throw ConfigError(option: "-initrd", value: initrd, reason: "only allowed with -kernel")
+            }
+            if let append = config.append {
+                throw ConfigError(option: "-append", value: append, reason: "only allowed with -kernel")
             }
         }
         return .run(config)

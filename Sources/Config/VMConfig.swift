@@ -34,6 +34,8 @@ public struct VMConfig: Sendable, Equatable {
     public var kernel: String?
     public var initrd: String?
     public var append: String?
+    /// `-global fw_cfg_io.dma_enabled=off` turns fw_cfg's DMA interface off (as qemu-xen's is).
+    public var fwCfgDMA = true
     /// `-d` log items (guest_errors, unimp): also log accesses no device claims.
     public var logItems: [String] = []
     /// `-mon` and `-qmp` monitors, in order.
@@ -69,7 +71,7 @@ public struct VMConfig: Sendable, Equatable {
             && a.startPaused == b.startPaused && a.noReboot == b.noReboot && a.noShutdown == b.noShutdown
             && a.devices == b.devices && a.drives == b.drives && a.bootOrder == b.bootOrder && a.bootMenu == b.bootMenu
             && a.bootRebootTimeout == b.bootRebootTimeout && a.kernel == b.kernel && a.initrd == b.initrd
-            && a.append == b.append && a.logItems == b.logItems && a.monitors == b.monitors && a.uuid == b.uuid
+            && a.append == b.append && a.fwCfgDMA == b.fwCfgDMA && a.logItems == b.logItems && a.monitors == b.monitors && a.uuid == b.uuid
             && a.incoming == b.incoming && a.xenDomainID == b.xenDomainID && a.xenAttach == b.xenAttach
             && a.xenRestrict == b.xenRestrict && a.runAsUser == b.runAsUser && a.chrootDirectory == b.chrootDirectory
             && a.noACPI == b.noACPI && a.warnings == b.warnings

@@ -93,6 +93,12 @@ struct DriveSpec {
     }
 }
 
+/// One line of fw_cfg `bootorder`: a bootindex and the device path SeaBIOS matches.
+struct BootEntry {
+    let index: Int
+    let path: String
+}
+
 /// The IDE slots being filled while the machine assembles: -drive if=ide first, then
 /// -device ide-hd/ide-cd (which take if=none drives by id).
 final class IDEAssembly {
@@ -103,9 +109,9 @@ final class IDEAssembly {
     /// `bootindex=` of ide-hd/ide-cd devices and their firmware device paths.
     var bootIndices: [(index: Int, path: String)] = []
 
-    /// fw_cfg "bootorder" lines in SeaBIOS's (and QEMU's) device-path syntax.
-    var bootOrderPaths: [String] {
-        bootIndices.sorted { $0.index < $1.index }.map(\.path)
+    /// fw_cfg "bootorder" entries in SeaBIOS's (and QEMU's) device-path syntax.
+    var bootEntries: [BootEntry] {
+        bootIndices.map { BootEntry(index: $0.index, path: $0.path) }
     }
 
     func serial() -> String {
@@ -159,7 +165,7 @@ extension PCMachine {
 
     /// Builds the controller once `-device ide-hd/ide-cd` had their say, plugs it at 01.1 and
     /// claims the legacy ports.
-    func finishIDE(_ assembly: IDEAssembly, router: InterruptRouter) throws {
+    func finishIDE(_ assembly: IDEAssembly, router: InterruptRouter, firmwareEntries: [BootEntry] = []) throws {
         let controller = PIIX3IDEController(drives: assembly.slots,
                                             irqs: PIIX3IDEController.legacyResources.map { router.line(gsi: $0.irq) },
                                             memory: memory, poster: loop)
@@ -183,12 +189,20 @@ extension PCMachine {
                     ("device", .string(drive.id)), ("id", .string(drive.qdevID ?? drive.id)), ("tray-open", .bool(open))]))
             }
         }
-        let paths = assembly.bootOrderPaths
-        if !paths.isEmpty, let fwcfg = devices.lazy.compactMap({ $0 as? FwCfg }).first {
-            // SeaBIOS reads the boot order from this file before the CMOS one (-boot order=).
-            do { _ = try fwcfg.addFile(name: "bootorder", data: Array(paths.joined(separator: "\n").utf8) + [0]) } catch {
-                throw MachineError("bootindex: \(error)")
-            }
+        try writeBootOrder(firmwareEntries + assembly.bootEntries)
+    }
+
+    /// The fw_cfg `bootorder` file: every bootindex entry by index (the direct-kernel-boot ROM
+    /// has index 0). SeaBIOS boots these before the CMOS order (-boot order=).
+    func writeBootOrder(_ entries: [BootEntry]) throws {
+        guard !entries.isEmpty, let fwcfg = devices.lazy.compactMap({ $0 as? FwCfg }).first else { return }
+        var seen: Set<Int> = []
+        for entry in entries where !seen.insert(entry.index).inserted {
+            throw MachineError("bootindex \(entry.index) is used twice (-kernel takes bootindex 0)")
+        }
+        let paths = entries.sorted { $0.index < $1.index }.map(\.path)
+        do { _ = try fwcfg.addFile(name: "bootorder", data: Array(paths.joined(separator: "\n").utf8) + [0]) } catch {
+            throw MachineError("bootindex: \(error)")
         }
     }
 

@@ -24,17 +24,31 @@ enum FirmwareImage {
     }
 
     static func readFile(_ path: String, limit: Int, what: String) throws(MachineError) -> [UInt8] {
+        try withRegularFile(path, what: what) { (fd, size) throws(MachineError) in
+            guard size <= limit else { throw MachineError("\(what): larger than \(limit) bytes") }
+            return try read(fd, offset: 0, count: size, what: what)
+        }
+    }
+
+    /// Opens `path` read-only, checks it is a regular file, and hands its descriptor and size
+    /// to `body`; the descriptor is closed afterwards.
+    static func withRegularFile<R>(_ path: String, what: String,
+                                   _ body: (Int32, Int) throws(MachineError) -> R) throws(MachineError) -> R {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw MachineError("\(what): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
         var st = stat()
         guard fstat(fd, &st) == 0 else { throw MachineError("\(what): \(String(cString: strerror(errno)))") }
         guard st.st_mode & S_IFMT == S_IFREG else { throw MachineError("\(what): not a regular file") }
-        guard st.st_size <= limit else { throw MachineError("\(what): larger than \(limit) bytes") }
-        var bytes = [UInt8](repeating: 0, count: Int(st.st_size))
+        return try body(fd, Int(st.st_size))
+    }
+
+    /// Reads `count` bytes at `offset` straight into a new array (no intermediate buffer).
+    static func read(_ fd: Int32, offset: Int, count: Int, what: String) throws(MachineError) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
         var done = 0
-        while done < bytes.count {
-            let n = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, $0.count - done, off_t(done)) }
+        while done < count {
+            let n = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, $0.count - done, off_t(offset + done)) }
             if n < 0 && errno == EINTR { continue }
             guard n > 0 else { throw MachineError("\(what): short read") }
             done += n

@@ -72,6 +72,16 @@ public final class PCMachine: @unchecked Sendable {
             }
         }
 
+        // Direct kernel boot: read and check the files before the VM exists. Under Xen low RAM
+        // ends at max-ram-below-4g (QEMU's xen_ram_init; 0xF0000000 unless libxl says).
+        let lowRAM: UInt64
+        if case .xen = platform {
+            lowRAM = min(config.memoryBytes, maxBelowFourGiB ?? 0xF000_0000)
+        } else {
+            lowRAM = PCMemoryLayout(ramSize: config.memoryBytes, biosSize: 0, maxBelowFourGiB: maxBelowFourGiB).belowFourGiB
+        }
+        let linuxBoot = try LinuxBoot.load(config, belowFourGiB: lowRAM, dma: config.fwCfgDMA)
+
         lock = DeviceLock()
         let clock = VirtualClock(paused: true)
         do { loop = try EventLoop(lock: lock, clock: clock) } catch { throw MachineError(error.description) }
@@ -143,11 +153,11 @@ public final class PCMachine: @unchecked Sendable {
             }
             try assembleChardevs()
             try assembleISA(router: router, layout: kvmMemory?.1)
-            try assembleFirmwareConfig(layout: kvmMemory?.1)
+            let firmwareBootEntries = try assembleFirmwareConfig(layout: kvmMemory?.1, linuxBoot: linuxBoot)
             let ide = try assembleIDE(router: router)
             if case .xen(_, platformDevice: true) = platform { try assembleXenPlatformDevice() }
             try assembleDevices(router: router, ide: ide)
-            try finishIDE(ide, router: router)
+            try finishIDE(ide, router: router, firmwareEntries: firmwareBootEntries)
             try xen?.claim(ports: ports, mmio: mmio, pci: pci)
         } catch let error as MachineError {
             throw error

@@ -87,10 +87,11 @@ extension PCMachine {
         append(devices: isaDevices + [keyboard, port92, post] + uarts + extra)
     }
 
-    /// The fw_cfg device and everything SeaBIOS reads from it. Under Xen (`layout` nil)
-    /// hvmloader hands SeaBIOS the memory map, so there is no e820 file.
-    func assembleFirmwareConfig(layout: PCMemoryLayout?) throws {
-        let fwcfg = FwCfg(memory: memory)
+    /// The fw_cfg device and everything SeaBIOS reads from it, including a direct kernel boot;
+    /// returns the `bootorder` entries it needs (written with the devices' ones). Under Xen
+    /// (`layout` nil) hvmloader hands SeaBIOS the memory map, so there is no e820 file.
+    func assembleFirmwareConfig(layout: PCMemoryLayout?, linuxBoot: LinuxBoot? = nil) throws -> [BootEntry] {
+        let fwcfg = FwCfg(memory: memory, dmaEnabled: config.fwCfgDMA)
         try ports.register(fwcfg, base: 0x510, length: 12, name: "fw_cfg")
         func le<T: FixedWidthInteger>(_ value: T) -> [UInt8] { withUnsafeBytes(of: value.littleEndian, Array.init) }
         try fwcfg.addItem(key: FwCfgKey.ramSize, data: le(config.memoryBytes))
@@ -105,7 +106,10 @@ extension PCMachine {
         if let layout { try fwcfg.addFile(name: "etc/e820", data: Self.e820Table(layout)) }
         // -1: after "No bootable device." wait forever, as QEMU without reboot-timeout.
         try fwcfg.addFile(name: "etc/boot-fail-wait", data: le(Int32(config.bootRebootTimeout ?? -1)))
+        // As QEMU's linuxboot ROM: bootindex 0, so SeaBIOS boots it first.
+        let bootEntries = try linuxBoot.map { [BootEntry(index: 0, path: try $0.install(into: fwcfg))] } ?? []
         append(devices: [fwcfg])
+        return bootEntries
     }
 
     /// The e820 map QEMU gives SeaBIOS: all RAM below the hole as usable (SeaBIOS carves the

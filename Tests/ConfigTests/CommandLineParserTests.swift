@@ -19,6 +19,22 @@ final class CommandLineParserTests: XCTestCase {
         XCTAssertEqual(c.serials, ["stdio"])
     }
 
+    func testDirectKernelBootOptions() throws {
+        let c = try config(["-kernel", "vmlinuz", "-initrd", "initrd.img", "-append", "console=ttyS0 quiet"])
+        XCTAssertEqual(c.kernel, "vmlinuz")
+        XCTAssertEqual(c.initrd, "initrd.img")
+        XCTAssertEqual(c.append, "console=ttyS0 quiet")
+        XCTAssertTrue(c.fwCfgDMA)
+        XCTAssertFalse(try config(["-global", "fw_cfg_io.dma_enabled=off"]).fwCfgDMA)
+        XCTAssertTrue(try config(["-global", "fw_cfg_io.dma_enabled=on"]).fwCfgDMA)
+        for bad in [["-initrd", "i"], ["-append", "x"], ["-kernel", ""], ["-global", "PIIX4_PM.disable_s3=1"],
+                    ["-global", "fw_cfg_io.dma_enabled=maybe"], ["-global", "fw_cfg_io.dma_enabled"]] {
+            XCTAssertThrowsError(try CommandLineParser.parse(bad), "\(bad)") { error in
+                XCTAssertTrue((error as! ConfigError).description.hasPrefix(bad[0]), "\(error)")
+            }
+        }
+    }
+
     func testDefaults() throws {
         let c = try config([])
         XCTAssertEqual(c.memoryBytes, 128 << 20)

@@ -38,6 +38,22 @@ final class FwCfgTests: XCTestCase {
         XCTAssertEqual(readData(4), [3, 0, 0, 0])
     }
 
+    func testDMACanBeDisabledAsInQemuXen() throws {
+        let pio = FwCfg(memory: rig.memory, dmaEnabled: false)
+        pio.write(region: 0, offset: 0, size: 2, value: UInt64(FwCfg.Key.id))
+        XCTAssertEqual((0..<4).map { _ in pio.readByte(1) }, [1, 0, 0, 0], "ID: port interface only")
+        XCTAssertEqual(pio.read(region: 0, offset: 4, size: 4), 0xFFFF_FFFF, "no DMA signature")
+        // A DMA start does nothing at all: the descriptor stays as written.
+        let key = try pio.addFile(name: "f", data: [1, 2, 3, 4])
+        var bytes: [UInt8] = []
+        for v in [(UInt32(key) << 16 | 0x0A).bigEndian, UInt32(4).bigEndian] { withUnsafeBytes(of: v) { bytes += $0 } }
+        withUnsafeBytes(of: UInt64(0x3000).bigEndian) { bytes += $0 }
+        try rig.memory.write(at: 0x1000, bytes: bytes)
+        pio.write(region: 0, offset: 8, size: 4, value: UInt64(UInt32(0x1000).byteSwapped))
+        XCTAssertEqual(try rig.memory.readBytes(at: 0x1000, count: 16), bytes)
+        XCTAssertEqual(try rig.memory.readBytes(at: 0x3000, count: 4), [0, 0, 0, 0])
+    }
+
     func testSelectResetsOffsetAndPortZeroReadsData() {
         select(0)
         _ = readData(2)

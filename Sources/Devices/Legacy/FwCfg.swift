@@ -73,6 +73,9 @@ public final class FwCfg: BusDevice, Snapshottable, Resettable, @unchecked Senda
     }
 
     private let memory: any GuestMemory
+    /// False models QEMU's `fw_cfg_io.dma_enabled=off` (qemu-xen's fw_cfg): ID bit 1 clear,
+    /// and 0x514-0x51B decode nothing.
+    public let dmaEnabled: Bool
     private var items: [UInt16: Item] = [:]
     private var files: [(name: String, key: UInt16)] = []
     /// The selected key (write-channel bit stripped) and its item; nil item = invalid selection.
@@ -81,12 +84,13 @@ public final class FwCfg: BusDevice, Snapshottable, Resettable, @unchecked Senda
     private var offset: Int = 0
     private var dmaAddress: UInt64 = 0
 
-    public init(memory: any GuestMemory, stateID: String = "fw_cfg") {
+    public init(memory: any GuestMemory, dmaEnabled: Bool = true, stateID: String = "fw_cfg") {
         self.memory = memory
+        self.dmaEnabled = dmaEnabled
         self.stateID = stateID
         items[Key.signature] = Item(data: Array("QEMU".utf8), writable: false)
         // Bit 0: the traditional port interface; bit 1: DMA.
-        items[Key.id] = Item(data: [0x03, 0, 0, 0], writable: false)
+        items[Key.id] = Item(data: [dmaEnabled ? 0x03 : 0x01, 0, 0, 0], writable: false)
         rebuildDirectory()
         select(Key.signature)
     }
@@ -156,6 +160,8 @@ public final class FwCfg: BusDevice, Snapshottable, Resettable, @unchecked Senda
         switch windowOffset {
         case 0...1 where size == 1:
             return UInt64(nextDataByte())
+        case 4...11 where !dmaEnabled:
+            return mask(size)
         case 4...11:
             // Byte i of the register is byte i of the signature, whatever the access size.
             var value: UInt64 = 0
@@ -176,6 +182,8 @@ public final class FwCfg: BusDevice, Snapshottable, Resettable, @unchecked Senda
             select(UInt16(truncatingIfNeeded: value))
         case (0, 1), (1, 1):
             break  // legacy data-port writes: ignored, as in current QEMU
+        case (4...11, _) where !dmaEnabled:
+            break
         case (4, 4):
             dmaAddress = UInt64(UInt32(truncatingIfNeeded: value).byteSwapped) << 32
         case (8, 4):
@@ -224,10 +232,8 @@ public final class FwCfg: BusDevice, Snapshottable, Resettable, @unchecked Senda
         if length > 0, let item = selected, offset < item.data.count {
             let count = Int(min(length, UInt64(item.data.count - offset)))
             if isRead {
-                do {
-                    try memory.write(at: address, bytes: item.data[offset..<offset + count])
-                } catch {
-                    fail(&control, "DMA read of \(count) bytes to \(hex(address)) is outside RAM")
+                if let failed = copyToGuest(item, from: offset, count: count, address: address) {
+                    fail(&control, "DMA read of \(count) bytes to \(hex(address)) reaches \(hex(failed)), outside RAM")
                 }
             } else if isWrite {
                 if !item.writable {
@@ -255,6 +261,30 @@ public final class FwCfg: BusDevice, Snapshottable, Resettable, @unchecked Senda
             }
         }
         writeControl(control, descriptor: descriptor)
+    }
+
+    /// Copies item bytes straight into guest memory, in aligned pieces of `fillChunk` (so a Xen
+    /// mapcache maps a bucket at a time), with no per-byte work and no intermediate buffer.
+    /// Returns the guest address of the first piece that is not RAM, after copying all before it.
+    private func copyToGuest(_ item: Item, from start: Int, count: Int, address: UInt64) -> UInt64? {
+        guard address <= UInt64.max - UInt64(count) else { return address }
+        let memory = memory
+        return item.data.withUnsafeBytes { source -> UInt64? in
+            var done = 0
+            while done < count {
+                let target = address + UInt64(done)
+                let piece = min(count - done, Self.fillChunk - Int(target & UInt64(Self.fillChunk - 1)))
+                do throws(GuestMemoryError) {
+                    try memory.withBytes(at: target, length: piece, forWriting: true) { destination in
+                        destination.baseAddress!.copyMemory(from: source.baseAddress! + start + done, byteCount: piece)
+                    }
+                } catch {
+                    return target
+                }
+                done += piece
+            }
+            return nil
+        }
     }
 
     /// Zero-fills like QEMU: as far as RAM goes. Pieces are aligned 1 MiB blocks; a block
