@@ -29,8 +29,7 @@ enum HumanMonitor {
             (context.host?.pciDevices ?? []).map(describe).joined()
         },
         InfoItem(name: "block", help: "show the block devices") { context, _ in
-            // One line per device once block devices exist; none print nothing, as QEMU.
-            (context.host?.blockDevices ?? []).compactMap { $0["device"]?.stringValue.map { "\($0): (block device)\n" } }.joined()
+            (context.host?.blockDevices ?? []).map(describeBlock).joined(separator: "\n")
         },
         InfoItem(name: "registers", help: "show the cpu registers") { context, cpu in
             guard let dump = context.host?.registerDump(cpu: cpu ?? 0) else { return "No CPU \(cpu ?? 0)\n" }
@@ -56,6 +55,34 @@ enum HumanMonitor {
             output = "unknown command: '\(name)'\n"
         }
         return output.split(separator: "\n", omittingEmptySubsequences: false).joined(separator: "\r\n")
+    }
+
+    /// QEMU's `info block` paragraph for one `query-block` entry (`print_block_info`): device,
+    /// then the medium (`file (format[, read-only])`) or `[not inserted]`, the device it is
+    /// attached to, the tray of a removable device, the cache mode of a medium.
+    static func describeBlock(_ entry: JSONValue) -> String {
+        let device = entry["device"]?.stringValue ?? ""
+        var text = device
+        if let inserted = entry["inserted"] {
+            let file = inserted["file"]?.stringValue ?? ""
+            let format = inserted["drv"]?.stringValue ?? ""
+            let readOnly = inserted["ro"]?.boolValue == true ? ", read-only" : ""
+            text += ": \(file) (\(format)\(readOnly))\n"
+        } else {
+            text += ": [not inserted]\n"
+        }
+        if let qdev = entry["qdev"]?.stringValue, !qdev.isEmpty { text += "    Attached to:      \(qdev)\n" }
+        if entry["removable"]?.boolValue == true {
+            let locked = entry["locked"]?.boolValue == true ? "" : "not "
+            let tray = entry["tray_open"]?.boolValue == true ? "open" : "closed"
+            text += "    Removable device: \(locked)locked, tray \(tray)\n"
+        }
+        if let cache = entry["inserted"]?["cache"] {
+            let mode = cache["writeback"]?.boolValue == false ? "writethrough" : "writeback"
+            text += "    Cache mode:       \(mode)\(cache["direct"]?.boolValue == true ? ", direct" : "")"
+                + "\(cache["no-flush"]?.boolValue == true ? ", ignore flushes" : "")\n"
+        }
+        return text
     }
 
     /// QEMU's `info pci` paragraph for one function.
