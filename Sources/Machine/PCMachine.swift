@@ -153,9 +153,7 @@ public final class PCMachine: @unchecked Sendable {
             }
             try assembleChardevs()
             try assembleISA(router: router, layout: kvmMemory?.1)
-            let e820 = kvmMemory.map { Self.e820Table($0.1) }
-                ?? Self.xenE820Table(ramSize: config.memoryBytes, belowFourGiB: lowRAM)
-            let firmwareBootEntries = try assembleFirmwareConfig(e820: e820, linuxBoot: linuxBoot)
+            let firmwareBootEntries = try assembleFirmwareConfig(layout: kvmMemory?.1, linuxBoot: linuxBoot)
             let ide = try assembleIDE(router: router)
             if case .xen(_, platformDevice: true) = platform { try assembleXenPlatformDevice() }
             try assembleDevices(router: router, ide: ide)

@@ -88,8 +88,9 @@ extension PCMachine {
     }
 
     /// The fw_cfg device and everything SeaBIOS reads from it, including a direct kernel boot;
-    /// returns the `bootorder` entries it needs (written with the devices' ones).
-    func assembleFirmwareConfig(e820: [UInt8], linuxBoot: LinuxBoot? = nil) throws -> [BootEntry] {
+    /// returns the `bootorder` entries it needs (written with the devices' ones). Under Xen
+    /// (`layout` nil) hvmloader hands SeaBIOS the memory map, so there is no e820 file.
+    func assembleFirmwareConfig(layout: PCMemoryLayout?, linuxBoot: LinuxBoot? = nil) throws -> [BootEntry] {
         let fwcfg = FwCfg(memory: memory, dmaEnabled: config.fwCfgDMA)
         try ports.register(fwcfg, base: 0x510, length: 12, name: "fw_cfg")
         func le<T: FixedWidthInteger>(_ value: T) -> [UInt8] { withUnsafeBytes(of: value.littleEndian, Array.init) }
@@ -102,7 +103,7 @@ extension PCMachine {
         // No NUMA nodes: the node count, then one (zero) entry per possible CPU.
         try fwcfg.addItem(key: FwCfgKey.numa, data: [UInt8](repeating: 0, count: 8 * (1 + config.smp.maxCPUs)))
         try fwcfg.addItem(key: FwCfgKey.uuid, data: [UInt8](repeating: 0, count: 16))
-        try fwcfg.addFile(name: "etc/e820", data: e820)
+        if let layout { try fwcfg.addFile(name: "etc/e820", data: Self.e820Table(layout)) }
         // -1: after "No bootable device." wait forever, as QEMU without reboot-timeout.
         try fwcfg.addFile(name: "etc/boot-fail-wait", data: le(Int32(config.bootRebootTimeout ?? -1)))
         // As QEMU's linuxboot ROM: bootindex 0, so SeaBIOS boots it first.
@@ -117,19 +118,6 @@ extension PCMachine {
         var entries: [(UInt64, UInt64, UInt32)] = [(0, layout.belowFourGiB, 1)]
         entries.append((KVMAccelerator.identityMapBase, KVMAccelerator.identityMapSize, 2))
         if layout.aboveFourGiB > 0 { entries.append((1 << 32, layout.aboveFourGiB, 1)) }
-        return e820Bytes(entries)
-    }
-
-    /// Under Xen SeaBIOS takes the map from hvmloader, but the file must exist: without it
-    /// SeaBIOS adds "RAM above 4 GiB" from CMOS bytes Xen's RTC does not fill (a terabyte of
-    /// phantom RAM, seen in the lab). QEMU gives the guest's RAM split at the hole, as here.
-    static func xenE820Table(ramSize: UInt64, belowFourGiB: UInt64) -> [UInt8] {
-        var entries: [(UInt64, UInt64, UInt32)] = [(0, belowFourGiB, 1)]
-        if ramSize > belowFourGiB { entries.append((1 << 32, ramSize - belowFourGiB, 1)) }
-        return e820Bytes(entries)
-    }
-
-    private static func e820Bytes(_ entries: [(UInt64, UInt64, UInt32)]) -> [UInt8] {
         var bytes: [UInt8] = []
         for (address, length, type) in entries {
             withUnsafeBytes(of: address.littleEndian) { bytes += $0 }
