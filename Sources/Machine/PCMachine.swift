@@ -152,7 +152,8 @@ public final class PCMachine: @unchecked Sendable {
                 try mapKVMMemory(kvm, layout: layout, ram: ram, bios: bios, hostBridge: hostBridge)
             }
             try assembleChardevs()
-            try assembleISA(router: router, layout: kvmMemory?.1)
+            try assembleISA(router: router, belowFourGiB: kvmMemory?.1.belowFourGiB ?? lowRAM,
+                            aboveFourGiB: kvmMemory?.1.aboveFourGiB ?? config.memoryBytes - lowRAM)
             let firmwareBootEntries = try assembleFirmwareConfig(layout: kvmMemory?.1, linuxBoot: linuxBoot)
             let ide = try assembleIDE(router: router)
             if case .xen(_, platformDevice: true) = platform { try assembleXenPlatformDevice() }

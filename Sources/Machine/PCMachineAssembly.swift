@@ -32,21 +32,18 @@ extension PCMachine {
         }
     }
 
-    /// COM ports, the RTC, the keyboard controller and the small legacy ports. `layout` is
-    /// nil under Xen, whose own RTC model owns the CMOS (hvmloader fills it in).
-    func assembleISA(router: InterruptRouter, layout: PCMemoryLayout?) throws {
+    /// COM ports, the RTC, the keyboard controller and the small legacy ports. Under Xen the
+    /// hypervisor's RTC answers the clock registers (CMOS 0x00-0x0D) and forwards every other
+    /// index to us, so our CMOS still tells SeaBIOS the memory sizes and the boot order.
+    func assembleISA(router: InterruptRouter, belowFourGiB: UInt64, aboveFourGiB: UInt64) throws {
         let events = events
-        var isaDevices: [AnyObject] = []
-        if let layout {
-            let rtc = CMOSRTC(irq: router.line(gsi: 8), timers: loop)
-            rtc.setMemorySizes(belowFourGiB: layout.belowFourGiB, aboveFourGiB: layout.aboveFourGiB)
-            rtc.setCPUCount(config.smp.cpus)
-            rtc.setEquipment()
-            try rtc.setBootOrder(config.bootOrder ?? "cad")  // QEMU's default for pc
-            rtc.updateChecksum()
-            try ports.register(rtc, base: 0x70, length: 2, name: "rtc")
-            isaDevices.append(rtc)
-        }
+        let rtc = CMOSRTC(irq: router.line(gsi: 8), timers: loop)
+        rtc.setMemorySizes(belowFourGiB: belowFourGiB, aboveFourGiB: aboveFourGiB)
+        rtc.setCPUCount(config.smp.cpus)
+        rtc.setEquipment()
+        try rtc.setBootOrder(config.bootOrder ?? "cad")  // QEMU's default for pc
+        rtc.updateChecksum()
+        try ports.register(rtc, base: 0x70, length: 2, name: "rtc")
 
         let keyboard = I8042(keyboardIRQ: router.line(gsi: 1), mouseIRQ: router.line(gsi: 12))
         keyboard.onResetRequest = { events.resetRequested(cause: .guestReset) }
@@ -84,7 +81,7 @@ extension PCMachine {
             try ports.register(console, base: 0xE9, length: 1, region: 1, name: "debugcon (0xe9)")
             extra.append(console)
         }
-        append(devices: isaDevices + [keyboard, port92, post] + uarts + extra)
+        append(devices: [rtc, keyboard, port92, post] + uarts + extra)
     }
 
     /// The fw_cfg device and everything SeaBIOS reads from it, including a direct kernel boot;

@@ -122,13 +122,15 @@ public final class XenAccelerator: Accelerator, @unchecked Sendable {
 }
 
 /// What Xen emulates itself on x86 HVM and a device model must not claim (xen-contract.md
-/// §A.5.5): the PICs, PIT, speaker port, RTC, ELCR, the ACPI PM1a event and timer blocks
-/// hvmloader places at 0x1F40, and the HPET, IOAPIC and LAPIC windows. PCI configuration
+/// §A.5.5): the PICs, PIT, speaker port, ELCR, the ACPI PM1a event and timer blocks hvmloader
+/// places at 0x1F40, and the HPET, IOAPIC and LAPIC windows. The RTC ports are claimed, as
+/// QEMU claims them: Xen's RTC serves CMOS indexes 0x00-0x0D and forwards the rest (the CMOS
+/// RAM hvmloader and SeaBIOS use) to the device model. PCI configuration
 /// cycles arrive as PCI_CONFIG ioreqs for the functions we claim, so the machine registers no
 /// 0xCF8/0xCFC ports under Xen; 0xCF9 (PIIX3 reset control) and PM1a control stay ours.
 public enum XenOwnedRanges {
     public static let ports: [ClosedRange<UInt64>] = [
-        0x20...0x21, 0x40...0x43, 0x61...0x61, 0x70...0x71, 0xA0...0xA1, 0x4D0...0x4D1,
+        0x20...0x21, 0x40...0x43, 0x61...0x61, 0xA0...0xA1, 0x4D0...0x4D1,
         0x1F40...0x1F43, 0x1F48...0x1F4B,
     ]
     public static let mmio: [ClosedRange<UInt64>] = [

@@ -61,8 +61,10 @@ final class XenMachineTests: XCTestCase {
                                              0x60...0x60, 0x64...0x64, 0x92...0x92, 0xCF9...0xCF9, 0x10...0x1F, 0x510...0x51B] {
             XCTAssertTrue(ports.contains(expected), "port range \(expected) not claimed: \(ports)")
         }
-        // Xen's own devices are never claimed: RTC, PIT, PICs, ELCR, and no 0xCF8/0xCFC either.
-        for owned: UInt64 in [0x20, 0x40, 0x61, 0x70, 0x71, 0xA0, 0x4D0, 0xCF8, 0xCFC] {
+        // Xen's own devices are never claimed: PIT, PICs, ELCR, and no 0xCF8/0xCFC either. The
+        // RTC ports are (Xen forwards CMOS indexes from 0x0E on).
+        XCTAssertTrue(ports.contains(0x70...0x71), "\(ports)")
+        for owned: UInt64 in [0x20, 0x40, 0x61, 0xA0, 0x4D0, 0xCF8, 0xCFC] {
             XCTAssertFalse(ports.contains { $0.contains(owned) }, "port \(hex(owned)) claimed")
         }
         let functions = ops.compactMap { op -> String? in
@@ -149,6 +151,17 @@ final class XenMachineTests: XCTestCase {
         XCTAssertEqual(try config(1, 1, 0, size: 4), 0x7010_8086)
         XCTAssertEqual(try port(0x10, size: 2), 0x49D2)
         XCTAssertEqual(try port(0x12, size: 1), 1)
+        // CMOS RAM (the indexes Xen forwards): base and extended memory as QEMU sets them, no
+        // RAM above 4 GiB, boot order "c" (hard disk first).
+        func cmos(_ index: UInt64) throws -> UInt64 {
+            _ = try port(0x70, size: 1, write: index)
+            return try port(0x71, size: 1)
+        }
+        XCTAssertEqual(try cmos(0x5B), 0)
+        XCTAssertEqual(try cmos(0x5C), 0)
+        XCTAssertEqual(try cmos(0x5D), 0)
+        XCTAssertEqual(try cmos(0x35) << 8 | cmos(0x34), (120 - 16) << 4)  // 64 KiB units above 16 MiB
+        XCTAssertEqual(try cmos(0x3D) & 0x0F, 2)
         // A second vCPU has its own slot.
         XCTAssertEqual(try request(Ioreq(addr: 0x10, size: 2, isRead: true, type: Ioreq.Kind.pio.rawValue), vcpu: 1), 0x49D2)
 
