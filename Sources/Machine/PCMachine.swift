@@ -29,6 +29,8 @@ public final class PCMachine: @unchecked Sendable {
     public let memory: PhysicalMemory
     public let pci: PCIBus
     let accelerator: KVMAccelerator
+    /// ioeventfd/irqfd for virtio; devices see only the `NotificationProvider` seam.
+    let notifications: any NotificationProvider
     let events: MachineEvents
     public internal(set) var runState: RunState
     /// Devices in the order their state is saved and they are reset.
@@ -91,6 +93,7 @@ public final class PCMachine: @unchecked Sendable {
             throw MachineError(error.description)
         }
         let router = InterruptRouter(sink: accelerator)
+        notifications = KVMNotifications(accelerator: accelerator, loop: loop)
         runState = config.incoming != nil ? .inmigrate : config.startPaused ? .prelaunch : .running
 
         // Chipset.
