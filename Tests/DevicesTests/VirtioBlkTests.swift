@@ -215,3 +215,70 @@ final class VirtioBlkTests: XCTestCase {
         }
     }
 }
+
+extension VirtioBlkTests {
+    /// Counts heap allocations from the doorbell to the used ring (notify, pop, parse, submit to
+    /// the worker, I/O into guest memory, completion posted to a running event loop, used ring,
+    /// interrupt) when the malloc-counting interposer is preloaded (fuzz/virtio/alloc-check.sh);
+    /// skips otherwise.
+    func testHotPathAllocatesNothing() throws {
+        guard let symbol = dlsym(nil, "sdm_alloc_count") else {  // RTLD_DEFAULT is NULL on glibc
+            throw XCTSkip("run through fuzz/virtio/alloc-check.sh to count allocations")
+        }
+        let allocations = unsafeBitCast(symbol, to: (@convention(c) () -> UInt64).self)
+        let legacy = try LegacyTestRig()
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("virtio-alloc-\(getpid())")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = try IDETestRig.patternImage(at: directory.appendingPathComponent("disk.raw").path, blocks: 64, blockSize: 512)
+        let loop = try EventLoop(lock: DeviceLock(), clock: VirtualClock(paused: true))
+        let loopThread = Thread { loop.run() }
+        loopThread.start()
+        defer { loop.stop() }
+        let device = VirtioBlk(id: "virtio0", medium: try BlockBackend(path: path, options: BlockOpenOptions(format: .raw), workers: 1),
+                               readOnly: false, mode: VirtioPCIMode(legacy: false, modern: true), memory: legacy.memory,
+                               notifications: ExitNotifications(sink: legacy.sink), poster: loop)
+        let bus = PCIBus(portBus: Bus(name: "io", unassignedValue: .max), mmioBus: Bus(name: "mmio", unassignedValue: 0))
+        try bus.plug(device, slot: 4)
+        device.configWrite(offset: 0x20, size: 4, value: UInt32(VirtioBlkRig.modernBase))
+        device.configWrite(offset: 0x04, size: 2, value: 0x0006)
+        var ring = RingDriver(memory: legacy.memory)
+        func common(_ offset: UInt64, _ size: Int, _ value: UInt64) { device.write(region: 4, offset: offset, size: size, value: value) }
+        common(0x14, 1, 3)
+        for (select, bits) in [(0, UInt64(1 << 9 | 1 << 28 | 1 << 29)), (1, 1)] {
+            common(0x08, 4, UInt64(select))
+            common(0x0C, 4, bits)
+        }
+        common(0x14, 1, 0x0B)
+        common(0x20, 8, ring.descriptors)
+        common(0x28, 8, ring.avail)
+        common(0x30, 8, ring.used)
+        common(0x18, 2, UInt64(ring.size))
+        common(0x1C, 2, 1)
+        common(0x14, 1, 0x0F)
+        try legacy.memory.write(UInt32(0), at: VirtioBlkRig.header)
+        try legacy.memory.write(UInt64(5), at: VirtioBlkRig.header + 8)
+        // Two chains written once: a 4 KiB read in two segments (head 0) and a flush (head 4).
+        ring.submit([(VirtioBlkRig.header, 16, false), (VirtioBlkRig.data, 2048, true),
+                     (VirtioBlkRig.data + 2048, 2048, true), (VirtioBlkRig.statusByte, 1, true)])
+        try legacy.memory.write(UInt32(4), at: VirtioBlkRig.header + 0x100)
+        ring.submit([(VirtioBlkRig.header + 0x100, 16, false), (VirtioBlkRig.statusByte + 1, 1, true)])
+        var start: UInt64 = 0
+        var lost = 0
+        for round in 0..<400 {
+            if round == 20 { start = allocations() }  // the first rounds create the request slots
+            if round >= 2 { ring.makeAvailable(round % 2 == 0 ? 0 : 4) }
+            let target = ring.availIndex
+            loop.lock.withLock { device.write(region: 4, offset: 0x3000, size: 2, value: 0) }
+            let deadline = monotonicNanoseconds() + 5_000_000_000
+            while ring.usedIndex != target && monotonicNanoseconds() < deadline { sched_yield() }
+            if ring.usedIndex != target { lost += 1 }
+        }
+        usleep(100_000)  // let the last completion's tail (interrupt) finish on the loop
+        let total = allocations() - start
+        XCTAssertEqual(lost, 0)
+        XCTAssertEqual(try legacy.memory.read(UInt8.self, at: VirtioBlkRig.statusByte), 0)
+        XCTAssertEqual(try legacy.memory.readBytes(at: VirtioBlkRig.data, count: 512), IDETestRig.expectedBlock(5, size: 512))
+        XCTAssertEqual(total, 0, "allocations in 380 requests (190 reads, 190 flushes)")
+    }
+}

@@ -224,18 +224,18 @@ public final class VirtioBlk: PCIDevice, VirtioDevice, Snapshottable, Resettable
         switch type {
         case .read, .write:
             let sectors = medium.size / Self.sectorSize
-            guard request.dataLength % Self.sectorSize == 0, request.sector <= sectors,
-                  request.dataLength / Self.sectorSize <= sectors - request.sector,
-                  !r.buffers.contains(where: { $0.length > Self.sizeMax }) else {
-                countFailure(type)
-                return complete(r, status: Status.ioError)
-            }
-            guard type == .read || !readOnly else {
-                countFailure(type)
-                return complete(r, status: Status.ioError)
-            }
+            var valid = request.dataLength % Self.sectorSize == 0 && request.sector <= sectors
+                && request.dataLength / Self.sectorSize <= sectors - request.sector && (type == .read || !readOnly)
             r.segments.removeAll(keepingCapacity: true)
-            for buffer in r.buffers { r.segments.append(GuestSegment(address: buffer.address, length: Int(buffer.length))) }
+            // Index loops: element iteration is unspecialised (and allocates) in debug builds.
+            for i in r.buffers.indices {
+                valid = valid && r.buffers[i].length <= Self.sizeMax
+                r.segments.append(GuestSegment(address: r.buffers[i].address, length: Int(r.buffers[i].length)))
+            }
+            guard valid else {
+                countFailure(type)
+                return complete(r, status: Status.ioError)
+            }
             r.offset = request.sector * Self.sectorSize
             r.length = request.dataLength
         case .flush:

@@ -102,9 +102,9 @@ public struct VirtioBlkRequest: Equatable, Sendable {
         if last.length == 1 { segments.removeLast() } else { segments[segments.count - 1].length -= 1 }
         request.type = UInt32(truncatingIfNeeded: header.low)
         request.sector = header.high
-        for segment in segments {
-            request.dataLength += UInt64(segment.length)
-            if segment.writable { request.writableData = true } else { request.readableData = true }
+        for i in segments.indices {
+            request.dataLength += UInt64(segments[i].length)
+            if segments[i].writable { request.writableData = true } else { request.readableData = true }
         }
         switch request.requestType {
         case .read?, .getID?: if request.readableData { request.problem = .wrongDirection }

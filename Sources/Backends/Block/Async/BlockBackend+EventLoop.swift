@@ -47,9 +47,10 @@ extension BlockBackend {
     /// Blocks on I/O; allocates nothing.
     public func transferGuest(_ memory: any GuestMemory, segments: [GuestSegment], at offset: UInt64,
                               writing: Bool) -> Result<Void, BlockError> {
+        // Index loops: element iteration is unspecialised (and allocates) in debug builds.
         var total: UInt64 = 0
-        for segment in segments {
-            guard segment.length >= 0, let sum = checkedAdd(total, UInt64(segment.length)) else {
+        for i in segments.indices {
+            guard segments[i].length >= 0, let sum = checkedAdd(total, UInt64(segments[i].length)) else {
                 return .failure(.invalidArgument("bad scatter/gather list"))
             }
             total = sum
@@ -60,7 +61,8 @@ extension BlockBackend {
             return .failure(error)
         }
         var position = offset
-        for segment in segments where segment.length > 0 {
+        for i in segments.indices where segments[i].length > 0 {
+            let segment = segments[i]
             let result: Result<Void, BlockError>
             do {
                 result = try memory.withBytes(at: segment.address, length: segment.length, forWriting: !writing) { host in

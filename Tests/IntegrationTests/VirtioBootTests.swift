@@ -1,0 +1,83 @@
+import Foundation
+import XCTest
+
+/// SeaBIOS on KVM booting the test boot sector from virtio-blk: raw and qcow2, through the
+/// modern interface of a modern-only and of a transitional function, and through the legacy
+/// interface alone; `bootindex` and QMP reaching the virtio drive.
+extension StorageBootTests {
+    func virtioDevice(_ image: String, format: String, _ properties: String) -> [String] {
+        ["-drive", "if=none,id=vd0,file=\(image),format=\(format)", "-device", "virtio-blk-pci,drive=vd0\(properties)"]
+    }
+
+    func testSeaBIOSBootsRawVirtioModernOnly() throws {
+        try expectBootSector(virtioDevice(try bootSectorDisk(), format: "raw", ",disable-legacy=on"), drive: "80")
+    }
+
+    func testSeaBIOSBootsQcow2VirtioModernOnly() throws {
+        try expectBootSector(virtioDevice(try qcow2(from: try bootSectorDisk()), format: "qcow2", ",disable-legacy=on"), drive: "80")
+    }
+
+    func testSeaBIOSBootsRawVirtioTransitional() throws {
+        try expectBootSector(virtioDevice(try bootSectorDisk(), format: "raw", ",disable-legacy=off,disable-modern=off"),
+                             drive: "80")
+    }
+
+    func testSeaBIOSBootsQcow2VirtioTransitional() throws {
+        // -drive if=virtio: a transitional virtio-blk-pci, as QEMU makes it.
+        try expectBootSector(["-drive", "file=\(try qcow2(from: try bootSectorDisk())),if=virtio,format=qcow2"], drive: "80")
+    }
+
+    func testSeaBIOSBootsVirtioThroughTheLegacyInterface() throws {
+        try expectBootSector(virtioDevice(try bootSectorDisk(), format: "raw", ",disable-modern=on,addr=5"), drive: "80")
+    }
+
+    func testBootIndexPicksTheVirtioDiskOverIDE() throws {
+        // An IDE disk that is not bootable would be the first hard disk (0x80) by default; with
+        // bootindex SeaBIOS puts the virtio disk first, so it becomes 0x80 and boots.
+        FileManager.default.createFile(atPath: path("blank.raw"), contents: Data(count: 1 << 20))
+        try expectBootSector(["-drive", "file=\(path("blank.raw")),if=ide,index=0,format=raw"]
+                             + virtioDevice(try bootSectorDisk(), format: "raw", ",addr=6,bootindex=1"), drive: "80")
+    }
+
+    func testQMPQueryBlockReportsVirtioDrive() throws {
+        let qmpPath = path("qmp.sock")
+        let vm = try VMProcess(["-m", "64", "-nodefaults", "-nographic", "-serial", "stdio",
+                                "-qmp", "unix:\(qmpPath),server=on,wait=off"]
+                               + virtioDevice(try bootSectorDisk(), format: "raw", ",id=disk0,serial=VSERIAL"))
+        defer {
+            vm.signal(SIGTERM)
+            _ = vm.waitForExit(timeout: 10)
+        }
+        // The boot sector prints, then halts (no isa-debug-exit here): its read was counted.
+        XCTAssertNotNil(vm.waitForOutput("SWIFTDM BOOT OK", timeout: 60), vm.stdout + vm.stderr)
+        let qmp = try SerialSocket(path: qmpPath, timeout: 10)
+        XCTAssertTrue(qmp.wait(for: "\"QMP\"", timeout: 10), qmp.text)
+        qmp.send("{\"execute\":\"qmp_capabilities\"}\n", typing: false)
+        XCTAssertTrue(qmp.wait(for: "\"return\"", timeout: 10), qmp.text)
+        qmp.send("{\"execute\":\"query-block\"}\n", typing: false)
+        XCTAssertTrue(qmp.wait(for: "disk.raw", timeout: 10), qmp.text)
+        XCTAssertTrue(qmp.text.contains("\"device\": \"vd0\"") || qmp.text.contains("\"device\":\"vd0\""), qmp.text)
+        XCTAssertTrue(qmp.text.contains("disk0"), qmp.text)
+        qmp.send("{\"execute\":\"query-blockstats\"}\n", typing: false)
+        XCTAssertTrue(qmp.wait(for: "rd_operations", timeout: 10), qmp.text)
+        let compact = qmp.text.replacingOccurrences(of: " ", with: "")
+        XCTAssertFalse(compact.contains("\"rd_operations\":0,"), "the boot sector read is counted: \(qmp.text)")
+    }
+
+    func testVirtioCommandLineErrorsAreOneLineAndExitOne() throws {
+        let disk = try bootSectorDisk()
+        let cases: [(String, String)] = [
+            ("disable-legacy=on,disable-modern=on", "neither modern nor legacy"),
+            ("disable-legacy=maybe", "does not accept value 'maybe'"),
+            ("drive=nosuch", "can't find value 'nosuch'"),
+            ("bootindex=x", "bootindex"),
+            ("addr=1", "already used"),
+        ]
+        for (properties, message) in cases {
+            let (status, _, stderr) = try VMProcess.run(["-m", "64", "-nodefaults", "-display", "none"]
+                                                        + virtioDevice(disk, format: "raw", "," + properties), timeout: 30)
+            XCTAssertEqual(status, 1, "\(properties): \(stderr)")
+            XCTAssertTrue(stderr.contains(message), "\(properties): \(stderr)")
+        }
+    }
+}
