@@ -309,4 +309,26 @@ final class VirtioPCITransportTests: XCTestCase {
         XCTAssertEqual(rig.device.transport.status, 0)
         XCTAssertEqual(rig.device.transport.queues[0], SplitVirtqueue(maxSize: 256))
     }
+
+    /// Without accelerator fast paths (Xen): no doorbells, MSIs through the interrupt sink.
+    func testExitFallbackDeliversMSIThroughTheSink() throws {
+        final class MSISink: InterruptSink, @unchecked Sendable {
+            var messages: [MSIMessage] = []
+            func setGSI(_ gsi: UInt32, level: Bool) {}
+            func signalMSI(_ message: MSIMessage) { messages.append(message) }
+        }
+        let sink = MSISink()
+        let rig = try VirtioBlkRig(fallback: sink)
+        let msixCap = try XCTUnwrap(capabilities(rig)[0x91]).at
+        rig.startModern { $0 & ~(1 << 29) }
+        XCTAssertTrue(rig.notifications.doorbells.isEmpty)
+        rig.setCommon(0x16, size: 2, 0)
+        rig.setCommon(0x1A, size: 2, 0)
+        rig.device.write(region: 1, offset: 0, size: 4, value: 0xFEE0_1000)
+        rig.device.write(region: 1, offset: 8, size: 4, value: 0x51)
+        rig.device.write(region: 1, offset: 12, size: 4, value: 0)
+        rig.device.configWrite(offset: msixCap + 2, size: 2, value: 0x8000)
+        XCTAssertEqual(rig.request(type: 0, sector: 0, dataLength: 512, dataWritable: true), 0)
+        XCTAssertEqual(sink.messages, [MSIMessage(address: 0xFEE0_1000, data: 0x51)])
+    }
 }

@@ -137,8 +137,10 @@ final class VirtioBlkRig {
     var ring: RingDriver
     let sectors: Int
 
+    /// `fallback`: serve notifications like an accelerator without ioeventfd/irqfd (Xen),
+    /// MSIs going to this sink.
     init(sectors: Int = 64, readOnly: Bool = false, mode: VirtioPCIMode = VirtioPCIMode(legacy: true, modern: true),
-         serial: String = "SWIFTDM-SERIAL") throws {
+         serial: String = "SWIFTDM-SERIAL", fallback: (any InterruptSink)? = nil) throws {
         legacy = try LegacyTestRig()
         self.sectors = sectors
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("virtio-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
@@ -146,7 +148,8 @@ final class VirtioBlkRig {
         let path = try IDETestRig.patternImage(at: directory.appendingPathComponent("disk.raw").path, blocks: sectors, blockSize: 512)
         let medium = try BlockBackend(path: path, options: BlockOpenOptions(format: .raw, readOnly: readOnly), workers: 1)
         device = VirtioBlk(id: "virtio0", serial: serial, medium: medium, readOnly: readOnly, mode: mode,
-                           memory: legacy.memory, notifications: notifications, poster: poster, log: errors)
+                           memory: legacy.memory, notifications: fallback.map { ExitNotifications(sink: $0) } ?? notifications,
+                           poster: poster, log: errors)
         bus = PCIBus(portBus: Bus(name: "io", unassignedValue: .max), mmioBus: Bus(name: "mmio", unassignedValue: 0))
         try bus.plug(device, slot: 4)
         ring = RingDriver(memory: legacy.memory)
