@@ -65,13 +65,6 @@ static void header(u32 type, u32 sector)
     *(volatile u8 *)STATUS = 0xEE;
 }
 
-static int sector_ok(const u8 *p, u32 n)
-{
-    if (*(const u32 *)p != n) return 0;
-    for (u32 i = 4; i < 512; i++) if (p[i] != (u8)n) return 0;
-    return 1;
-}
-
 void guest_main(void)
 {
     cli();
@@ -150,7 +143,7 @@ void guest_main(void)
     set_desc(d, 1, DATA, 1024, 3, 2);
     set_desc(d, 2, STATUS, 1, 2, 0);
     CHECK_EQ("read status", run(0, 1, "read"), 0);
-    CHECK(sector_ok((u8 *)DATA, 3) && sector_ok((u8 *)DATA + 512, 4), "read data");
+    CHECK(pattern_sector_ok((u8 *)DATA, 3) && pattern_sector_ok((u8 *)DATA + 512, 4), "read data");
     CHECK_EQ("used length", *(volatile u32 *)(USED + 8), 1025);
 
     /* Write two sectors at 10 through an indirect table, then read them back. */

@@ -168,26 +168,27 @@ final class VirtioBlkTests: XCTestCase {
         XCTAssertEqual(rig.status & 0x40, 0)
     }
 
-    func testParserRejectsReadableAfterWritable() throws {
+    /// Parses `buffers` as one chain after a write request header for `sector`.
+    func parse(_ buffers: [(UInt64, UInt32, Bool)], sector: UInt64 = 0) throws -> (VirtioBlkRequest, [VirtqueueBuffer]) {
         let rig = try VirtioBlkRig()
         var ring = RingDriver(memory: rig.memory)
-        rig.writeHeader(type: Self.typeOut, sector: 0)
-        let head = ring.submit([(VirtioBlkRig.header, 16, false), (VirtioBlkRig.statusByte, 1, true), (VirtioBlkRig.data, 512, false)])
-        var chain = ring.queue.chain(head: head)
+        rig.writeHeader(type: Self.typeOut, sector: sector)
+        var chain = ring.queue.chain(head: ring.submit(buffers))
         var segments: [VirtqueueBuffer] = []
-        XCTAssertThrowsError(try VirtioBlkRequest.parse(&chain, memory: rig.memory, segments: &segments, maxSegments: 8)) {
+        let request = try VirtioBlkRequest.parse(&chain, memory: rig.memory, segments: &segments, maxSegments: 8)
+        return (request, segments)
+    }
+
+    func testParserRejectsReadableAfterWritable() throws {
+        XCTAssertThrowsError(try parse([(VirtioBlkRig.header, 16, false), (VirtioBlkRig.statusByte, 1, true),
+                                        (VirtioBlkRig.data, 512, false)])) {
             XCTAssertEqual($0 as? VirtioBlkRequest.ParseError, .readableAfterWritable)
         }
     }
 
     func testParserResult() throws {
-        let rig = try VirtioBlkRig()
-        var ring = RingDriver(memory: rig.memory)
-        rig.writeHeader(type: Self.typeOut, sector: 0x1234_5678_9A)
-        let head = ring.submit([(VirtioBlkRig.header, 20, false), (VirtioBlkRig.data, 512, false), (VirtioBlkRig.statusByte, 1, true)])
-        var chain = ring.queue.chain(head: head)
-        var segments: [VirtqueueBuffer] = []
-        let request = try VirtioBlkRequest.parse(&chain, memory: rig.memory, segments: &segments, maxSegments: 8)
+        let (request, segments) = try parse([(VirtioBlkRig.header, 20, false), (VirtioBlkRig.data, 512, false),
+                                             (VirtioBlkRig.statusByte, 1, true)], sector: 0x1234_5678_9A)
         XCTAssertEqual(request.requestType, .write)
         XCTAssertEqual(request.sector, 0x1234_5678_9A)
         XCTAssertEqual(request.statusAddress, VirtioBlkRig.statusByte)
@@ -219,11 +220,11 @@ final class VirtioBlkTests: XCTestCase {
 extension VirtioBlkTests {
     /// Counts heap allocations from the doorbell to the used ring (notify, pop, parse, submit to
     /// the worker, I/O into guest memory, completion posted to a running event loop, used ring,
-    /// interrupt) when the malloc-counting interposer is preloaded (fuzz/virtio/alloc-check.sh);
-    /// skips otherwise.
+    /// interrupt) when the malloc-counting interposer is preloaded (fuzz/ioreq/alloc-check.sh
+    /// with this test's name); skips otherwise.
     func testHotPathAllocatesNothing() throws {
         guard let symbol = dlsym(nil, "sdm_alloc_count") else {  // RTLD_DEFAULT is NULL on glibc
-            throw XCTSkip("run through fuzz/virtio/alloc-check.sh to count allocations")
+            throw XCTSkip("run through fuzz/ioreq/alloc-check.sh BUNDLE DevicesTests.VirtioBlkTests/testHotPathAllocatesNothing")
         }
         let allocations = unsafeBitCast(symbol, to: (@convention(c) () -> UInt64).self)
         let legacy = try LegacyTestRig()

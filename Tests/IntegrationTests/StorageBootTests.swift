@@ -73,6 +73,19 @@ final class StorageBootTests: XCTestCase {
         return path("cd.iso")
     }
 
+    /// pattern.raw: 1024 sectors, sector n starting with n (LE32) and filled with n's low byte
+    /// (what the ide-dma and virtio-blk guests check).
+    @discardableResult
+    func patternDisk() throws -> String {
+        var disk = Data(count: 1024 * 512)
+        for n in 0..<1024 {
+            disk.replaceSubrange(n * 512..<(n + 1) * 512, with: [UInt8](repeating: UInt8(truncatingIfNeeded: n), count: 512))
+            withUnsafeBytes(of: UInt32(n).littleEndian) { disk.replaceSubrange(n * 512..<n * 512 + 4, with: $0) }
+        }
+        try disk.write(to: URL(fileURLWithPath: path("pattern.raw")))
+        return path("pattern.raw")
+    }
+
     func qcow2(from raw: String) throws -> String {
         let out = raw + ".qcow2"
         try Self.run("qemu-img", ["convert", "-f", "raw", "-O", "qcow2", raw, out])
@@ -134,12 +147,7 @@ final class StorageBootTests: XCTestCase {
 
     /// guests/ide-dma.c as firmware: BAR4, PRD tables, IRQ 14 and 15 through the PIC on KVM, ATA and ATAPI DMA.
     func testBusMasterDMAGuestOnKVM() throws {
-        var disk = Data(count: 1024 * 512)
-        for n in 0..<1024 {
-            disk.replaceSubrange(n * 512..<(n + 1) * 512, with: [UInt8](repeating: UInt8(truncatingIfNeeded: n), count: 512))
-            withUnsafeBytes(of: UInt32(n).littleEndian) { disk.replaceSubrange(n * 512..<n * 512 + 4, with: $0) }
-        }
-        try disk.write(to: URL(fileURLWithPath: path("pattern.raw")))
+        try patternDisk()
         var cd = Data(count: 16 * 2048)
         for n in 0..<16 {
             cd.replaceSubrange(n * 2048..<(n + 1) * 2048, with: [UInt8](repeating: UInt8(n), count: 2048))

@@ -84,18 +84,13 @@ extension StorageBootTests {
     /// guests/virtio-blk.c as firmware: a virtio 1.x driver with MSI-X on KVM (doorbell through
     /// an ioeventfd, completions through an irqfd), modern-only and transitional.
     func testVirtioDriverGuestWithMSIXOnKVM() throws {
-        var disk = Data(count: 1024 * 512)
-        for n in 0..<1024 {
-            disk.replaceSubrange(n * 512..<(n + 1) * 512, with: [UInt8](repeating: UInt8(truncatingIfNeeded: n), count: 512))
-            withUnsafeBytes(of: UInt32(n).littleEndian) { disk.replaceSubrange(n * 512..<n * 512 + 4, with: $0) }
-        }
-        try disk.write(to: URL(fileURLWithPath: path("pattern.raw")))
         let build = try VMProcess.guestsBuilt.get()
+        let disk = try patternDisk()
         for mode in ["disable-legacy=on", "disable-legacy=off"] {
             let (status, out, err) = try VMProcess.run(["-M", "pc", "-m", "64", "-nodefaults", "-nographic", "-serial", "stdio",
                                                         "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
                                                         "-bios", build.appendingPathComponent("virtio-blk.bin").path,
-                                                        "-drive", "if=none,id=vd,file=\(path("pattern.raw")),format=raw",
+                                                        "-drive", "if=none,id=vd,file=\(disk),format=raw",
                                                         "-device", "virtio-blk-pci,drive=vd,serial=VIRTIO-SERIAL,\(mode),addr=3"],
                                                        timeout: 60)
             XCTAssertTrue(out.contains("PASS virtio-blk"), "\(mode): guest output:\n\(out)\nstderr:\n\(err)")

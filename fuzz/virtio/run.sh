@@ -11,10 +11,7 @@ SWIFTC=${SWIFTC:-swiftc}
 FLAGS="-sanitize=fuzzer,address -parse-as-library -O -g -swift-version 6"
 INC="-I $ROOT/Sources/CLinux/include -I $OUT"
 mkdir -p "$OUT" "$OUT/corpus" "$OUT/artifacts"
-clang -c -O1 -g -fsanitize=fuzzer-no-link,address -I "$ROOT/Sources/CLinux/include" \
-    "$ROOT/Sources/CLinux/clinux.c" -o "$OUT/clinux.o"
-$SWIFTC $FLAGS $INC -module-name DMCore -emit-module -emit-module-path "$OUT/DMCore.swiftmodule" \
-    -wmo -c "$ROOT"/Sources/DMCore/*.swift -o "$OUT/DMCore.o"
+. "$ROOT/fuzz/dmcore.sh"
 $SWIFTC $FLAGS $INC -module-name VirtioFuzz "$ROOT/Sources/Devices/Virtio/Virtqueue.swift" \
     "$ROOT/Sources/Devices/Virtio/VirtioBlkRequest.swift" "$ROOT/fuzz/virtio/FuzzVirtio.swift" \
     "$OUT/DMCore.o" "$OUT/clinux.o" -o "$OUT/virtio-fuzz"
