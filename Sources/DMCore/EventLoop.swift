@@ -66,7 +66,9 @@ public final class EventLoop: TimerService, @unchecked Sendable {
         timers.makeTimer(fire)
     }
 
-    /// Calls `handler` whenever `fd` is readable (or hung up). Loop thread or before `run`.
+    /// Calls `handler` whenever `fd` is readable (or hung up). Loop thread, before `run`, or any
+    /// thread holding the `DeviceLock` (the loop reads `readers` only under it; virtio adds
+    /// doorbells from vCPU exits).
     public func addReader(_ fd: Int32, _ handler: @escaping () -> Void) throws(SystemError) {
         guard sdm_epoll_ctl(epollFD, EPOLL_CTL_ADD, fd, UInt32(EPOLLIN.rawValue), UInt64(UInt32(bitPattern: fd))) == 0 else {
             throw SystemError("epoll_ctl(add \(fd))")
@@ -74,6 +76,7 @@ public final class EventLoop: TimerService, @unchecked Sendable {
         readers[fd] = handler
     }
 
+    /// Same threads as `addReader`. An event already returned for `fd` finds no handler.
     public func removeReader(_ fd: Int32) {
         guard readers.removeValue(forKey: fd) != nil else { return }
         _ = sdm_epoll_ctl(epollFD, EPOLL_CTL_DEL, fd, 0, 0)

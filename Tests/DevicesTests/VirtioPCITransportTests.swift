@@ -298,6 +298,11 @@ final class VirtioPCITransportTests: XCTestCase {
         corrupt[corrupt.count - 30] ^= 0xFF  // inside the queue's ring addresses
         var r = StateReader(bytes: corrupt, section: "virtio")
         XCTAssertThrowsError(try VirtioBlkRig().device.loadState(from: &r, version: 1))
+        // A reserved bit in MSI-X vector 0's control word (after the PCI config: 4 + 256 + 1).
+        var badControl = saved
+        badControl[4 + 256 + 1 + 4 + 13] = 1
+        var m = StateReader(bytes: badControl, section: "virtio")
+        XCTAssertThrowsError(try VirtioBlkRig().device.loadState(from: &m, version: 1))
     }
 
     func testSystemResetRestoresPowerOnState() throws {
@@ -330,5 +335,20 @@ final class VirtioPCITransportTests: XCTestCase {
         rig.device.configWrite(offset: msixCap + 2, size: 2, value: 0x8000)
         XCTAssertEqual(rig.request(type: 0, sector: 0, dataLength: 512, dataWritable: true), 0)
         XCTAssertEqual(sink.messages, [MSIMessage(address: 0xFEE0_1000, data: 0x51)])
+    }
+
+    func testNoQueueProcessingWithoutBusMastering() throws {
+        let rig = try VirtioBlkRig()
+        rig.startModern()
+        rig.device.configWrite(offset: 0x04, size: 2, value: 0x0003)
+        rig.writeHeader(type: 0, sector: 1)
+        rig.ring.submit([(VirtioBlkRig.header, 16, false), (VirtioBlkRig.data, 512, true), (VirtioBlkRig.statusByte, 1, true)])
+        rig.kick()
+        Thread.sleep(forTimeInterval: 0.05)
+        rig.poster.drain { true }
+        XCTAssertEqual(rig.ring.usedIndex, 0, "rings untouched")
+        rig.device.configWrite(offset: 0x04, size: 2, value: 0x0007)
+        rig.kick()
+        XCTAssertTrue(rig.waitUsed(1))
     }
 }

@@ -24,7 +24,6 @@ public struct MSIXTable {
     }
 
     public var tableSize: Int { count * Self.entrySize }
-    public var pendingBits: UInt64 { pending }
 
     // MARK: capability
 
@@ -114,6 +113,10 @@ public struct MSIXTable {
 
     public mutating func loadState(from r: inout StateReader) throws(StateError) {
         let table = try r.getBytes(exactly: entries.count)
+        // Vector control holds only the mask bit, as guest writes leave it.
+        for i in 0..<count where table[i * Self.entrySize + 12] > 1 || table[i * Self.entrySize + 13..<(i + 1) * Self.entrySize].contains(where: { $0 != 0 }) {
+            throw .invalidValue(section: r.section, field: "MSI-X vector control \(i)")
+        }
         let bits = try r.get(UInt64.self)
         guard count == 64 || bits >> UInt64(count) == 0 else { throw .invalidValue(section: r.section, field: "MSI-X PBA") }
         entries = table

@@ -14,19 +14,16 @@ public protocol VirtioDevice: AnyObject {
 
 /// virtio-pci's feature and status bits (virtio 1.x §2.1, §6).
 public enum VirtioFeature {
-    public static let anyLayout: UInt64 = 1 << 27
     public static let indirectDescriptors: UInt64 = 1 << 28
     public static let eventIndex: UInt64 = 1 << 29
     public static let version1: UInt64 = 1 << 32
 }
 
+/// The device status bits the transport acts on (ACKNOWLEDGE, DRIVER and FAILED are only stored).
 public enum VirtioStatus {
-    public static let acknowledge: UInt8 = 1
-    public static let driver: UInt8 = 2
     public static let driverOK: UInt8 = 4
     public static let featuresOK: UInt8 = 8
     public static let needsReset: UInt8 = 0x40
-    public static let failed: UInt8 = 0x80
 }
 
 /// Which virtio-pci interfaces a function offers (QEMU's `disable-legacy`/`disable-modern`).
@@ -469,8 +466,6 @@ public final class VirtioPCITransport {
         driverFeatures & ~offeredFeatures == 0 && (legacyDriver || driverFeatures & VirtioFeature.version1 != 0)
     }
 
-    public var negotiatedFeatures: UInt64 { driverFeatures }
-
     private func enableQueue(_ q: Int) {
         queues[q].eventIndex = driverFeatures & VirtioFeature.eventIndex != 0
         queues[q].indirect = driverFeatures & VirtioFeature.indirectDescriptors != 0
@@ -485,7 +480,11 @@ public final class VirtioPCITransport {
     }
 
     private func notify(queue q: Int) {
-        guard q < queues.count, queues[q].ready, status & VirtioStatus.needsReset == 0 else { return }
+        // Without bus mastering the function may not touch memory, so it does not look at the
+        // rings (the driver kicks again after enabling it).
+        guard q < queues.count, queues[q].ready, status & VirtioStatus.needsReset == 0, pci.config.busMasterEnabled else {
+            return
+        }
         device?.queueNotified(q)
     }
 

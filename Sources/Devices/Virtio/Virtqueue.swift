@@ -58,8 +58,6 @@ public struct SplitVirtqueue: Equatable, Sendable {
     static let flagIndirect: UInt16 = 4
     /// avail.flags: the driver does not want interrupts (ignored with EVENT_IDX).
     static let availNoInterrupt: UInt16 = 1
-    /// used.flags: the device does not want notifications.
-    static let usedNoNotify: UInt16 = 1
 
     /// The largest size the device offers; the driver may pick a smaller power of two.
     public let maxSize: UInt16
@@ -180,7 +178,6 @@ public struct SplitVirtqueue: Equatable, Sendable {
 /// chain), which is what catches loops, and an indirect table's own entries are bounded by its
 /// length.
 public struct DescriptorChain: Sendable {
-    public let head: UInt16
     private let queue: SplitVirtqueue
     private var nextIndex: UInt16?
     /// The indirect table being walked, if any: its base and entry count.
@@ -190,7 +187,6 @@ public struct DescriptorChain: Sendable {
 
     init(queue: SplitVirtqueue, head: UInt16) {
         self.queue = queue
-        self.head = head
         nextIndex = head
         limit = UInt32(queue.size)
     }
