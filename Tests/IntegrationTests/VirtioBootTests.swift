@@ -97,4 +97,38 @@ extension StorageBootTests {
             XCTAssertEqual(status, 1, mode)
         }
     }
+
+    /// xen-save-devices-state after SeaBIOS drove the disk (queue live), then -incoming: the
+    /// virtio-blk section is in the stream and loads into a fresh process.
+    func testVirtioStateSavesAndLoads() throws {
+        let drive = virtioDevice(try bootSectorDisk(), format: "raw", ",id=disk0")
+        let source = try QMPVM(QMPVM.guestArguments + drive)
+        let client = try source.client()
+        try client.negotiate()
+        var reads = 0
+        let deadline = Date().addingTimeInterval(60)
+        while reads == 0 && Date() < deadline {
+            let stats = try client.execute("query-blockstats")["return"] as? [[String: Any]] ?? []
+            reads = (stats.first?["stats"] as? [String: Any])?["rd_operations"] as? Int ?? 0
+            if reads == 0 { usleep(200_000) }
+        }
+        XCTAssertGreaterThan(reads, 0, "SeaBIOS read through virtio: \(source.stderr)")
+        let path = source.directory.appendingPathComponent("saved.bin").path
+        XCTAssertNotNil(try client.execute("stop")["return"])
+        XCTAssertNotNil(try client.execute("xen-save-devices-state", ["filename": path])["return"])
+        XCTAssertNotNil(try client.execute("quit")["return"])
+        XCTAssertEqual(source.waitForExit(), 0)
+        let saved = try Data(contentsOf: URL(fileURLWithPath: path))
+        XCTAssertNotNil(saved.range(of: Data("virtio-blk@virtio-blk-pci-vd0".utf8)), "virtio section in the stream")
+
+        let copy = "/tmp/swiftdm-virtio-incoming-\(getpid()).bin"
+        try saved.write(to: URL(fileURLWithPath: copy))
+        defer { unlink(copy) }
+        let target = try QMPVM(QMPVM.guestArguments + drive + ["-incoming", "fd:3"], shellRedirections: "3<\(copy)")
+        let second = try target.client()
+        try second.negotiate()
+        let status = (try second.execute("query-status")["return"] as? [String: Any])?["status"] as? String
+        XCTAssertEqual(status, "paused", target.stderr)
+        XCTAssertNotNil(try second.execute("cont")["return"])
+    }
 }
