@@ -23,7 +23,7 @@ let package = Package(
         .target(name: "CMonitor", path: "Sources/CMonitor"),
         .target(name: "Monitor", dependencies: ["DMCore", "Config", "Backends", "CMonitor"], swiftSettings: strict),
         .target(name: "Machine",
-                dependencies: ["DMCore", "Devices", "Backends", "KVMAccel", "Config", "Monitor"],
+                dependencies: ["DMCore", "Devices", "Backends", "KVMAccel", "XenAccel", "Config", "Monitor"],
                 swiftSettings: strict),
         .executableTarget(name: "dispatch-bench", dependencies: ["DMCore"], path: "bench/dispatch",
                           swiftSettings: strict),
@@ -40,5 +40,6 @@ let package = Package(
         .testTarget(name: "MonitorTests", dependencies: ["Monitor", "DMCore", "Config", "Backends", "CMonitor"],
                     swiftSettings: strict),
         .testTarget(name: "BlockTests", dependencies: ["Backends", "DMCore"], swiftSettings: strict),
+        .testTarget(name: "MachineTests", dependencies: ["Machine", "XenAccel", "Config", "DMCore"], swiftSettings: strict),
     ]
 )

@@ -10,7 +10,23 @@ public enum CommandLineParser {
         let names: [String]
         let argument: String?
         let help: String
+        /// The `key=` parameters the option takes, for `query-command-line-options` (libxl
+        /// probes `run-with` for `chroot` and `user`).
+        var parameters: [String] = []
         let apply: @Sendable (inout VMConfig, String) throws(ConfigError) -> CommandLineAction?
+    }
+
+    /// An option SwiftDM accepts but whose feature it does not have yet: the guest still
+    /// starts, and the warning names what it goes without.
+    static func ignored(_ names: [String], _ argument: String?, _ help: String, silentFor quiet: Set<String> = [],
+                        _ consequence: String) -> Option {
+        Option(names: names, argument: argument, help: help) { config, text in
+            if !quiet.contains(text) {
+                let spelled = "-" + (names.last ?? "") + (argument == nil ? "" : " " + text)
+                config.warnings.append("\(spelled): \(consequence)")
+            }
+            return nil
+        }
     }
 
     static func flag(_ names: [String], _ help: String, _ set: @escaping @Sendable (inout VMConfig) -> Void) -> Option {
@@ -68,13 +84,14 @@ public enum CommandLineParser {
         flag(["nodefaults"], "create no default devices") { $0.noDefaults = true },
         flag(["no-user-config"], "read no user configuration (there is none)") { _ in },
         flag(["nographic"], "no display; serial port and monitor on the terminal") { $0.noGraphic = true },
-        value(["display"], "none", "display backend (only none for now)") { c, text throws(ConfigError) in
+        value(["display"], "none", "display backend (none; others are accepted with a warning)") { c, text throws(ConfigError) in
             var list = try OptionList(option: "-display", text: text, impliedKey: "type")
-            guard list.take("type") == "none" else {
-                throw ConfigError(option: "-display", value: text, reason: "only 'none' is supported")
+            if list.take("type") == "none" {
+                try list.rejectUnknown()
+                c.displayNone = true
+            } else {
+                c.warnings.append("-display \(text): there is no local display yet; the guest runs without one")
             }
-            try list.rejectUnknown()
-            c.displayNone = true
         },
         value(["serial"], "dev", "serial port backend: stdio, null, none, pty, file:F, unix:P[,server=on,wait=off], chardev:ID") { c, text in
             c.serials.append(text)
@@ -183,6 +200,54 @@ public enum CommandLineParser {
             }
             c.logItems += items
         },
+        value(["xen-domid"], "id", "serve Xen domain ID (libxl passes it; selects the Xen accelerator)") { c, text throws(ConfigError) in
+            // 0x7FF0 and up are DOMID_FIRST_RESERVED and beyond; dom0 needs no device model.
+            guard let id = UInt16(text), id >= 1, id < 0x7FF0 else {
+                throw ConfigError(option: "-xen-domid", value: text, reason: "expects a domain id between 1 and 32751")
+            }
+            c.xenDomainID = id
+        },
+        flag(["xen-attach"], "attach to a domain libxl already built (PV guests)") { $0.xenAttach = true },
+        flag(["xen-domid-restrict"], "restrict the Xen handles to that domain once set up") { $0.xenRestrict = true },
+        value(["runas"], "user", "drop to this user (and its group) once set up") { c, text throws(ConfigError) in
+            guard !text.isEmpty else { throw ConfigError(option: "-runas", value: text, reason: "empty user name") }
+            c.runAsUser = text
+        },
+        value(["chroot"], "dir", "confine the process to dir once set up") { c, text throws(ConfigError) in
+            guard text.hasPrefix("/") else { throw ConfigError(option: "-chroot", value: text, reason: "expects an absolute path") }
+            c.chrootDirectory = text
+        },
+        Option(names: ["run-with"], argument: "[chroot=dir][,user=user]", help: "confine and drop privileges once set up",
+               parameters: ["chroot", "user"]) { c, text throws(ConfigError) in
+            var list = try OptionList(option: "-run-with", text: text)
+            if let dir = list.take("chroot") {
+                guard dir.hasPrefix("/") else { throw ConfigError(option: "-run-with", value: text, reason: "chroot= expects an absolute path") }
+                c.chrootDirectory = dir
+            }
+            if let user = list.take("user") {
+                guard !user.isEmpty else { throw ConfigError(option: "-run-with", value: text, reason: "empty user name") }
+                c.runAsUser = user
+            }
+            _ = list.take("async-teardown")
+            try list.rejectUnknown()
+            return nil
+        },
+        flag(["no-acpi"], "no ACPI (under Xen, hvmloader builds the tables)") { $0.noACPI = true },
+        ignored(["vnc"], "display", "VNC server (not yet: accepted with a warning)", silentFor: ["none"],
+                "there is no VNC server yet; the guest runs without a display"),
+        ignored(["k"], "keymap", "VNC keyboard layout (no VNC yet)", "there is no VNC server yet; keymap ignored"),
+        ignored(["spice"], "options", "SPICE server (not implemented)", "SPICE is not implemented; the guest runs without it"),
+        ignored(["netdev"], "type=tap,id=id[,...]", "network backend (not yet: accepted with a warning)",
+                "networking is not implemented yet; the guest gets no network from it"),
+        ignored(["net"], "none", "legacy network option (none)", silentFor: ["none"],
+                "networking is not implemented yet; the guest gets no network from it"),
+        ignored(["object"], "type,id=id[,...]", "user-creatable object (not implemented)", "objects are not implemented; ignored"),
+        ignored(["usb"], nil, "USB controller (not yet)", "USB is not implemented yet; no USB controller"),
+        ignored(["usbdevice"], "device", "USB device (not yet)", "USB is not implemented yet; no USB device"),
+        ignored(["monitor"], "dev", "human monitor (only none, /dev/null)", silentFor: ["none", "/dev/null"],
+                "the human monitor is not implemented; use QMP (-qmp or -mon ...,mode=control)"),
+        ignored(["parallel"], "dev", "parallel port (only none, /dev/null)", silentFor: ["none", "/dev/null"],
+                "there is no parallel port yet"),
         flag(["enable-kvm"], "use KVM (always on outside Xen)") { _ in },
         value(["accel"], "kvm", "accelerator (kvm)") { c, text throws(ConfigError) in
             var list = try OptionList(option: "-accel", text: text, impliedKey: "accel")
@@ -198,8 +263,10 @@ public enum CommandLineParser {
         },
     ]
 
-    /// The option names (without the dash), for `query-command-line-options`.
-    public static var optionNames: [String] { options.map { $0.names.last ?? "" } }
+    /// Each option's name and the `key=` parameters it takes (`query-command-line-options`).
+    public static var optionParameters: [(option: String, parameters: [String])] {
+        options.map { ($0.names.last ?? "", $0.parameters) }
+    }
 
     /// Parses `arguments` (without the program name).
     public static func parse(_ arguments: [String]) throws(ConfigError) -> CommandLineAction {

@@ -42,6 +42,21 @@ public struct VMConfig: Sendable, Equatable {
     public var uuid: String?
     /// `-incoming`: the VM waits for its state instead of booting.
     public var incoming: IncomingMigration?
+    /// `-xen-domid`: the Xen domain this device model serves (libxl passes it first).
+    public var xenDomainID: UInt16?
+    /// `-xen-attach`: the domain exists and libxl built it (PV guests).
+    public var xenAttach = false
+    /// `-xen-domid-restrict`: limit our Xen handles to that one domain after setup.
+    public var xenRestrict = false
+    /// `-runas USER` / `-run-with user=USER`: drop to this user once set up.
+    public var runAsUser: String?
+    /// `-chroot DIR` / `-run-with chroot=DIR`: confine the process to DIR once set up.
+    public var chrootDirectory: String?
+    /// `-no-acpi`: the firmware should not describe ACPI (Xen's hvmloader decides under Xen).
+    public var noACPI = false
+    /// Options accepted but not acted on (devices, displays, networks we do not have yet), one
+    /// line each, printed at start so a libxl-built command line still starts the guest.
+    public var warnings: [String] = []
     public var debugLogging: Bool { logItems.contains("guest_errors") || logItems.contains("unimp") }
 
     public init() {}
@@ -55,7 +70,9 @@ public struct VMConfig: Sendable, Equatable {
             && a.devices == b.devices && a.drives == b.drives && a.bootOrder == b.bootOrder && a.bootMenu == b.bootMenu
             && a.bootRebootTimeout == b.bootRebootTimeout && a.kernel == b.kernel && a.initrd == b.initrd
             && a.append == b.append && a.logItems == b.logItems && a.monitors == b.monitors && a.uuid == b.uuid
-            && a.incoming == b.incoming
+            && a.incoming == b.incoming && a.xenDomainID == b.xenDomainID && a.xenAttach == b.xenAttach
+            && a.xenRestrict == b.xenRestrict && a.runAsUser == b.runAsUser && a.chrootDirectory == b.chrootDirectory
+            && a.noACPI == b.noACPI && a.warnings == b.warnings
     }
 
     /// The `-chardev` ids a monitor serves: the machine must not open them as devices.

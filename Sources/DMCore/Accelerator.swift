@@ -55,8 +55,9 @@ public protocol AcceleratorEvents: AnyObject, Sendable {
     func fatalError(_ message: String)
 }
 
-/// An accelerator runs the guest's CPUs and provides interrupts: KVM here, Xen later.
-/// Devices never see it; the machine drives it.
+/// An accelerator runs the guest's CPUs and provides interrupts: KVM runs the vCPUs in our
+/// threads; under Xen the hypervisor runs them and we serve their ioreqs. Devices never see
+/// it; the machine drives it.
 public protocol Accelerator: AnyObject {
     var interrupts: any InterruptSink { get }
     /// Starts the vCPU threads (the guest runs unless `paused`).
@@ -72,4 +73,14 @@ public protocol Accelerator: AnyObject {
     func reset() throws
     /// Ends the vCPU threads for good.
     func stop()
+    /// Host thread ids of the vCPUs (`query-cpus-fast`); 0 where the hypervisor, not a thread
+    /// of ours, runs a vCPU.
+    var vcpuThreadIDs: [Int32] { get }
+    /// `info registers` for one vCPU, or nil when the accelerator cannot read them.
+    func registerDump(cpu: Int) -> String?
+    /// The guest asked to power off or reboot; called at once, on the thread that saw the
+    /// request (inside the exit or ioreq). True when the platform carries it out itself — under
+    /// Xen the toolstack destroys or rebuilds the domain, so the machine only reports it and
+    /// stops serving — false when the machine must reset its devices or exit (KVM).
+    func forwardPowerRequest(reboot: Bool) -> Bool
 }

@@ -34,7 +34,7 @@ public final class Bus: @unchecked Sendable {
         public let region: Int
         public let name: String
         public let device: any BusDevice
-        var last: UInt64 { base &+ (length - 1) }
+        public var last: UInt64 { base &+ (length - 1) }
     }
 
     public let name: String
@@ -52,6 +52,10 @@ public final class Bus: @unchecked Sendable {
     private var lasts: [UInt64] = []
     /// Called for accesses no device claims; the machine logs them as guest errors.
     public var onUnassigned: ((_ address: UInt64, _ size: Int, _ write: Bool, _ value: UInt64) -> Void)?
+    /// Called after a window appears (`added`) or goes away, e.g. when the guest moves a PCI
+    /// BAR. Under Xen the machine forwards it to the ioreq server, which must claim exactly the
+    /// ranges the devices decode (QEMU's memory and I/O listeners).
+    public var onMappingChange: ((_ mapping: Mapping, _ added: Bool) -> Void)?
 
     public init(name: String, unassignedValue: UInt64) {
         self.name = name
@@ -72,11 +76,15 @@ public final class Bus: @unchecked Sendable {
             throw .overlap(name: name, base: base, length: length, existing: mappings[index].name)
         }
         mappings.insert(new, at: index)
+        onMappingChange?(new, true)
     }
 
     /// Removes the window `device` registered as `region`; a no-op if it has none.
     public func unregister(_ device: any BusDevice, region: Int = 0) {
-        mappings.removeAll { $0.device === device && $0.region == region }
+        while let index = mappings.firstIndex(where: { $0.device === device && $0.region == region }) {
+            let removed = mappings.remove(at: index)
+            onMappingChange?(removed, false)
+        }
     }
 
     public func mapping(containing address: UInt64) -> Mapping? {

@@ -217,6 +217,12 @@ public final class KVMAccelerator: Accelerator, InterruptSink, @unchecked Sendab
         gate.requestPause { for v in vcpus { v.kick() } }
     }
 
+    /// KVM leaves power-off and reboot to the machine; the guest just stops running meanwhile.
+    public func forwardPowerRequest(reboot: Bool) -> Bool {
+        requestPause()
+        return false
+    }
+
     public func reset() throws {
         for var chip in powerOnIRQChips {
             guard kvmIoctl(vmFD, sdm_KVM_SET_IRQCHIP(), &chip) == 0 else { throw KVMError("KVM_SET_IRQCHIP") }

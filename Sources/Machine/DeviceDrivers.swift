@@ -63,6 +63,15 @@ struct DeviceDriver: Sendable {
 
     static func find(_ name: String) -> DeviceDriver? { all.first { $0.name == name } }
 
+    /// QEMU devices libxl (or a QEMU user) may ask for that SwiftDM does not have yet: accepted
+    /// with a warning instead of refused, so the guest starts (xen-contract.md §A.2.5).
+    static let notYetImplemented: Set<String> = [
+        "VGA", "cirrus-vga", "qxl-vga", "e1000", "rtl8139", "virtio-net-pci", "lsi53c895a", "scsi-hd",
+        "piix3-usb-uhci", "ich9-usb-ehci1", "ich9-usb-uhci1", "ich9-usb-uhci2", "ich9-usb-uhci3",
+        "nec-usb-xhci", "usb-ehci", "usb-redir", "usb-tablet", "usb-mouse", "usb-kbd", "intel-hda", "hda-duplex",
+        "ac97", "adlib", "cs4231a", "es1370", "gus", "sb16", "virtio-serial", "virtserialport", "xen-pvdevice",
+    ]
+
     static var helpText: String {
         all.map { "name \"\($0.name)\", bus \($0.bus), desc \"\($0.help)\"" }.joined(separator: "\n")
     }

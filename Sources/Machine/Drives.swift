@@ -315,10 +315,21 @@ extension PCMachine {
 
     /// blockdev-change-medium / change: `format` raw unless given (no probing), `readOnlyMode`
     /// retain, read-only or read-write (a CD is always read-only).
-    func changeDriveMedium(device: String?, id: String?, filename: String, format: String?, readOnlyMode: String?) throws(QMPError) {
+    /// QMP `blockdev-change-medium`; `/dev/fdset/N` names a descriptor from `add-fd`, which
+    /// is how libxl inserts a CD-ROM it opened itself.
+    func changeDriveMedium(device: String?, id: String?, filename: String, format: String?, readOnlyMode: String?,
+                           fdSets: FileDescriptorSets) throws(QMPError) {
         let drive = try drive(device: device, id: id)
-        guard FileDescriptorSets.setID(inPath: filename) == nil else {
-            throw .generic("'\(filename)': fd sets are not supported for removable media yet")
+        var opener: BlockFileOpener?
+        if FileDescriptorSets.setID(inPath: filename) != nil {
+            // The sets live on the loop thread, where media change and close happen too.
+            let sets = UncheckedSendable(fdSets)
+            opener = BlockFileOpener(open: { path, flags in
+                do throws(FileDescriptorSets.OpenError) { return try sets.value.open(path, flags: flags) } catch {
+                    errno = error.errno
+                    return -1
+                }
+            }, close: { fd in sets.value.closeDuplicate(fd) })
         }
         guard let blockFormat = BlockFormat(rawValue: format ?? "raw") else {
             throw .generic("Unknown driver '\(format ?? "")'")
@@ -328,7 +339,7 @@ extension PCMachine {
         case "read-write": throw .generic("Cannot change the read-only mode of a CD-ROM to read-write")
         case let other: throw .generic("Parameter 'read-only-mode' does not accept value '\(other)'")
         }
-        do { try drive.changeMedium(path: filename, format: blockFormat, readOnly: true) } catch {
+        do { try drive.changeMedium(path: filename, format: blockFormat, readOnly: true, opener: opener) } catch {
             throw .generic(error.description)
         }
     }

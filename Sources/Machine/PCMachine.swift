@@ -3,15 +3,19 @@ import Config
 import DMCore
 import Devices
 import KVMAccel
+import XenAccel
 import Monitor
 import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// The i440FX/PIIX3 PC on KVM, assembled from the command line: chipset, legacy ISA devices,
-/// firmware and fw_cfg, then whatever `-device` adds. It owns the run state and turns guest
-/// and host requests (reset, power-off, debug exit, signals) into QEMU's behaviour and exit
+/// The i440FX/PIIX3 PC, assembled from the command line: chipset, legacy ISA devices,
+/// firmware and fw_cfg, then whatever `-device` adds. It runs on KVM (`pc`), or as the device
+/// model of a Xen HVM domain (`xenfv`, `pc,accel=xen`), where Xen runs the vCPUs, keeps the
+/// PICs, PIT, RTC and PM timer, and forwards the rest to us as ioreqs. `none` is the empty
+/// machine libxl's capability probe starts. The machine owns the run state and turns guest and
+/// host requests (reset, power-off, debug exit, signals) into QEMU's behaviour and exit
 /// statuses.
 public final class PCMachine: @unchecked Sendable {
     public enum RunState: String, Sendable {
@@ -22,14 +26,18 @@ public final class PCMachine: @unchecked Sendable {
     }
 
     public let config: VMConfig
+    public let platform: MachinePlatform
     public let lock: DeviceLock
     public let loop: EventLoop
     public let ports: Bus
     public let mmio: Bus
-    public let memory: PhysicalMemory
+    public let memory: any GuestMemory
     public let pci: PCIBus
-    let accelerator: KVMAccelerator
-    /// ioeventfd/irqfd for virtio; devices see only the `NotificationProvider` seam.
+    let accelerator: any Accelerator
+    /// The Xen side (accelerator, xenstore, domain) when the machine serves a Xen domain.
+    let xen: XenDomainLink?
+    /// Virtio's doorbells and MSIs: ioeventfd/irqfd on KVM, plain exits and the interrupt sink
+    /// otherwise (Xen). Devices see only this seam.
     let notifications: any NotificationProvider
     let events: MachineEvents
     public internal(set) var runState: RunState
@@ -44,41 +52,28 @@ public final class PCMachine: @unchecked Sendable {
 
     // MARK: assembly
 
-    public init(config: VMConfig) throws(MachineError) {
+    /// `xenHypervisor`/`xenStore` replace the real Xen libraries (tests run a Xen machine
+    /// against the simulator); by default they are loaded when the machine type needs them.
+    public init(config: VMConfig, xenHypervisor: (any XenHypervisor)? = nil,
+                xenStore: (any XenStoreAccess)? = nil) throws(MachineError) {
         self.config = config
-        guard config.machineType == "pc" || config.machineType.hasPrefix("pc-i440fx") else {
-            throw MachineError("-machine \(config.machineType): unsupported machine type (use -machine help)")
-        }
+        platform = try MachinePlatform(config: config)
         var maxBelowFourGiB: UInt64?
         for (key, value) in config.machineProperties {
             switch key {
             case "accel":
-                guard value == "kvm" else { throw MachineError("-machine accel=\(value): only kvm is supported") }
+                break  // MachinePlatform checked it
             case "max-ram-below-4g":
-                guard let size = parseSize(value), size >= 1 << 20, size <= 0xE000_0000 else {
-                    throw MachineError("-machine max-ram-below-4g=\(value): expects a size between 1M and 3.5G")
+                guard let size = parseSize(value), size >= 1 << 20, size <= 0xF000_0000 else {
+                    throw MachineError("-machine max-ram-below-4g=\(value): expects a size between 1M and 3.75G")
                 }
                 maxBelowFourGiB = size
-            case "suppress-vmdesc", "usb", "vmport", "hpet", "smm", "graphics":
+            case "suppress-vmdesc", "usb", "vmport", "hpet", "smm", "graphics", "igd-passthru":
                 break  // accepted; they change nothing this machine has
             default:
                 throw MachineError("-machine \(key)=\(value): invalid machine property '\(key)'")
             }
         }
-
-        let biosPath: String
-        if let path = config.bios { biosPath = path } else { biosPath = try FirmwareImage.defaultBIOS() }
-        let biosBytes = try FirmwareImage.load(biosPath)
-        let layout = PCMemoryLayout(ramSize: config.memoryBytes, biosSize: UInt64(biosBytes.count),
-                                    maxBelowFourGiB: maxBelowFourGiB)
-        let ram: HostMemory, bios: HostMemory
-        do {
-            ram = try HostMemory(size: Int(config.memoryBytes))
-            bios = try HostMemory(size: biosBytes.count)
-        } catch {
-            throw MachineError(error.description)
-        }
-        bios.load(biosBytes, at: 0)
 
         lock = DeviceLock()
         let clock = VirtualClock(paused: true)
@@ -87,70 +82,79 @@ public final class PCMachine: @unchecked Sendable {
         mmio = Bus(name: "mmio", unassignedValue: 0)
         events = MachineEvents(loop: loop)
         let dispatcher = IODispatcher(lock: lock, ports: ports, mmio: mmio)
-        do {
-            accelerator = try KVMAccelerator(cpuCount: config.smp.cpus, dispatcher: dispatcher, events: events)
-        } catch {
-            throw MachineError(error.description)
-        }
-        let router = InterruptRouter(sink: accelerator)
-        notifications = KVMNotifications(accelerator: accelerator, loop: loop)
+        pci = PCIBus(portBus: ports, mmioBus: mmio)
         runState = config.incoming != nil ? .inmigrate : config.startPaused ? .prelaunch : .running
 
-        // Chipset.
-        pci = PCIBus(portBus: ports, mmioBus: mmio)
+        // The accelerator and guest memory: ours on KVM, Xen's (through the mapcache) under Xen.
         let hostBridge = I440FXHostBridge()
-        let isaBridge = PIIX3ISABridge(router: router)
-        let power = PIIX4PowerManagement(sci: router.line(gsi: 9), timers: loop)
-        let configPorts = PCIHostBridgeConfigPorts(bus: pci)
-        configPorts.resetControl = isaBridge.resetControlRegister
-        pci.intxRouter = isaBridge
-        do {
-            try pci.plug(hostBridge, slot: 0)
-            try pci.plug(isaBridge, slot: 1, function: 0)
-            try pci.plug(power, slot: 1, function: 3)
-            try ports.register(configPorts, base: 0xCF8, length: 8, name: "PCI config")
-        } catch {
-            throw MachineError("chipset assembly: \(error)")
-        }
-
-        // Memory: what KVM maps directly, and the PAM window for what it cannot.
-        memory = PhysicalMemory(regions: layout.regions(ram: ram, bios: bios, pam: hostBridge.pamModes))
-        let window = LegacyBIOSWindow(layout: layout, ram: ram, bios: bios, pam: hostBridge.pamModes)
-        do {
-            try mmio.register(window, base: PCMemoryLayout.legacyWindow.lowerBound,
-                              length: UInt64(PCMemoryLayout.legacyWindow.count), name: "legacy BIOS window")
-            try accelerator.setMemoryRegions(memory.currentRegions)
-        } catch {
-            throw MachineError("memory map: \(error)")
-        }
-        let memory = memory, accelerator = accelerator
-        hostBridge.onMemoryMapChange = { modes in
-            window.pam = modes
-            memory.setRegions(layout.regions(ram: ram, bios: bios, pam: modes))
-            do { try accelerator.setMemoryRegions(memory.currentRegions) } catch {
-                GuestErrorLog.shared.report("i440FX", "PAM change not applied: \(error)")
+        var kvmMemory: (KVMAccelerator, PCMemoryLayout, HostMemory, HostMemory)?
+        switch platform {
+        case .kvm:
+            let biosPath: String
+            if let path = config.bios { biosPath = path } else { biosPath = try FirmwareImage.defaultBIOS() }
+            let biosBytes = try FirmwareImage.load(biosPath)
+            let layout = PCMemoryLayout(ramSize: config.memoryBytes, biosSize: UInt64(biosBytes.count),
+                                        maxBelowFourGiB: maxBelowFourGiB)
+            let ram: HostMemory, bios: HostMemory, kvm: KVMAccelerator
+            do {
+                ram = try HostMemory(size: Int(config.memoryBytes))
+                bios = try HostMemory(size: biosBytes.count)
+                kvm = try KVMAccelerator(cpuCount: config.smp.cpus, dispatcher: dispatcher, events: events)
+            } catch {
+                throw MachineError("\(error)")
             }
-        }
-
-        devices = [configPorts, hostBridge, isaBridge, power]
-        let events = events
-        isaBridge.onResetRequest = { events.resetRequested(cause: .guestReset) }
-        power.onSleepRequest = { type in
-            // SeaBIOS's and QEMU's ACPI tables: SLP_TYP 0 is S5 (soft off), 1 is S3.
-            if type == 0 {
-                events.shutdownRequested(cause: .guestShutdown)
-            } else {
-                GuestErrorLog.shared.report("PIIX4-PM", "sleep type \(type) is not supported; staying awake")
+            bios.load(biosBytes, at: 0)
+            memory = PhysicalMemory(regions: layout.regions(ram: ram, bios: bios, pam: hostBridge.pamModes))
+            accelerator = kvm
+            notifications = KVMNotifications(accelerator: kvm, loop: loop)
+            xen = nil
+            kvmMemory = (kvm, layout, ram, bios)
+        case .xen(let domain, _):
+            let pci = pci
+            let link = try XenDomainLink(domain: domain, vcpus: config.smp.maxCPUs, dispatcher: dispatcher,
+                                         events: events, hypervisor: xenHypervisor, store: xenStore) {
+                address, offset, size, isWrite, value in
+                // PCI_CONFIG ioreqs: only bus 0 exists; other functions read as absent.
+                guard address.segment == 0, address.bus == 0 else { return UInt32(truncatingIfNeeded: mask(size)) }
+                let devfn = Int(address.device) << 3 | Int(address.function)
+                if isWrite {
+                    pci.configWrite(devfn: devfn, offset: Int(offset), size: size, value: value)
+                    return 0
+                }
+                return pci.configRead(devfn: devfn, offset: Int(offset), size: size)
             }
+            memory = link.accelerator.mapCache
+            accelerator = link.accelerator
+            notifications = ExitNotifications(sink: link.accelerator.interrupts)
+            xen = link
+        case .none:
+            memory = PhysicalMemory(regions: [])
+            accelerator = NoAccelerator()
+            notifications = ExitNotifications(sink: accelerator.interrupts)
+            xen = nil
         }
 
+        events.machine = self
+        let accelerator = accelerator
+        events.forwardPowerRequest = { reboot in accelerator.forwardPowerRequest(reboot: reboot) }
+        let router = InterruptRouter(sink: accelerator.interrupts)
         do {
+            if case .none = platform {
+                try assembleChardevs()  // the probe's QMP socket is all it has
+                return
+            }
+            try assembleChipset(hostBridge: hostBridge, router: router)
+            if let (kvm, layout, ram, bios) = kvmMemory {
+                try mapKVMMemory(kvm, layout: layout, ram: ram, bios: bios, hostBridge: hostBridge)
+            }
             try assembleChardevs()
-            try assembleISA(router: router, layout: layout)
-            try assembleFirmwareConfig(layout: layout)
+            try assembleISA(router: router, layout: kvmMemory?.1)
+            try assembleFirmwareConfig(layout: kvmMemory?.1)
             let ide = try assembleIDE(router: router)
+            if case .xen(_, platformDevice: true) = platform { try assembleXenPlatformDevice() }
             try assembleDevices(router: router, ide: ide)
             try finishIDE(ide, router: router)
+            try xen?.claim(ports: ports, mmio: mmio, pci: pci)
         } catch let error as MachineError {
             throw error
         } catch let error as ConfigError {
@@ -168,8 +172,64 @@ public final class PCMachine: @unchecked Sendable {
                                                           : "unassigned read \(hex(address)) size \(size)")
             }
         }
-        events.machine = self
-        let stopping = accelerator
-        events.stopGuest = { stopping.requestPause() }
+    }
+
+    /// i440FX, PIIX3 and PIIX4 PM. On KVM the PIIX3 routes PCI interrupts and 0xCF8/0xCFC is
+    /// ours; under Xen the hypervisor's own PIIX3 model routes INTx (we mirror link routes to
+    /// it) and delivers configuration cycles as ioreqs, so only 0xCF9 is registered.
+    private func assembleChipset(hostBridge: I440FXHostBridge, router: InterruptRouter) throws {
+        let isaBridge = PIIX3ISABridge(router: router)
+        let power = PIIX4PowerManagement(sci: router.line(gsi: 9), timers: loop)
+        try pci.plug(hostBridge, slot: 0)
+        try pci.plug(isaBridge, slot: 1, function: 0)
+        try pci.plug(power, slot: 1, function: 3)
+        try ports.register(power, base: PIIX4PowerManagement.apmPorts.lowerBound,
+                           length: UInt64(PIIX4PowerManagement.apmPorts.count), region: PIIX4PowerManagement.apmRegion,
+                           name: "APM control/status")
+        var chipset: [AnyObject] = [hostBridge, isaBridge, power]
+        if let xen {
+            let sink = xen.accelerator.sink
+            pci.intxRouter = xen.intxRouter
+            isaBridge.onLinkRouteChange = { link, irq in sink.setPCILinkRoute(link: UInt8(link), routeRegister: irq ?? 0x80) }
+            try ports.register(isaBridge.resetControlRegister, base: 0xCF9, length: 1, name: "PIIX3 reset control")
+        } else {
+            let configPorts = PCIHostBridgeConfigPorts(bus: pci)
+            configPorts.resetControl = isaBridge.resetControlRegister
+            pci.intxRouter = isaBridge
+            try ports.register(configPorts, base: 0xCF8, length: 8, name: "PCI config")
+            chipset.insert(configPorts, at: 0)
+        }
+        devices = chipset
+        let events = events
+        isaBridge.onResetRequest = { events.resetRequested(cause: .guestReset) }
+        power.onSleepRequest = { type in
+            // SeaBIOS's, QEMU's and Xen's ACPI tables agree: SLP_TYP 0 is S5 (soft off), 1 is S3.
+            if type == 0 {
+                events.shutdownRequested(cause: .guestShutdown)
+            } else {
+                GuestErrorLog.shared.report("PIIX4-PM", "sleep type \(type) is not supported; staying awake")
+            }
+        }
+    }
+
+    /// KVM maps RAM and the BIOS directly; the PAM window covers what its slots cannot express.
+    private func mapKVMMemory(_ kvm: KVMAccelerator, layout: PCMemoryLayout, ram: HostMemory, bios: HostMemory,
+                              hostBridge: I440FXHostBridge) throws {
+        guard let memory = memory as? PhysicalMemory else { return }
+        let window = LegacyBIOSWindow(layout: layout, ram: ram, bios: bios, pam: hostBridge.pamModes)
+        do {
+            try mmio.register(window, base: PCMemoryLayout.legacyWindow.lowerBound,
+                              length: UInt64(PCMemoryLayout.legacyWindow.count), name: "legacy BIOS window")
+            try kvm.setMemoryRegions(memory.currentRegions)
+        } catch {
+            throw MachineError("memory map: \(error)")
+        }
+        hostBridge.onMemoryMapChange = { modes in
+            window.pam = modes
+            memory.setRegions(layout.regions(ram: ram, bios: bios, pam: modes))
+            do { try kvm.setMemoryRegions(memory.currentRegions) } catch {
+                GuestErrorLog.shared.report("i440FX", "PAM change not applied: \(error)")
+            }
+        }
     }
 }

@@ -32,16 +32,21 @@ extension PCMachine {
         }
     }
 
-    /// COM ports, the RTC, the keyboard controller and the small legacy ports.
-    func assembleISA(router: InterruptRouter, layout: PCMemoryLayout) throws {
+    /// COM ports, the RTC, the keyboard controller and the small legacy ports. `layout` is
+    /// nil under Xen, whose own RTC model owns the CMOS (hvmloader fills it in).
+    func assembleISA(router: InterruptRouter, layout: PCMemoryLayout?) throws {
         let events = events
-        let rtc = CMOSRTC(irq: router.line(gsi: 8), timers: loop)
-        rtc.setMemorySizes(belowFourGiB: layout.belowFourGiB, aboveFourGiB: layout.aboveFourGiB)
-        rtc.setCPUCount(config.smp.cpus)
-        rtc.setEquipment()
-        try rtc.setBootOrder(config.bootOrder ?? "cad")  // QEMU's default for pc
-        rtc.updateChecksum()
-        try ports.register(rtc, base: 0x70, length: 2, name: "rtc")
+        var isaDevices: [AnyObject] = []
+        if let layout {
+            let rtc = CMOSRTC(irq: router.line(gsi: 8), timers: loop)
+            rtc.setMemorySizes(belowFourGiB: layout.belowFourGiB, aboveFourGiB: layout.aboveFourGiB)
+            rtc.setCPUCount(config.smp.cpus)
+            rtc.setEquipment()
+            try rtc.setBootOrder(config.bootOrder ?? "cad")  // QEMU's default for pc
+            rtc.updateChecksum()
+            try ports.register(rtc, base: 0x70, length: 2, name: "rtc")
+            isaDevices.append(rtc)
+        }
 
         let keyboard = I8042(keyboardIRQ: router.line(gsi: 1), mouseIRQ: router.line(gsi: 12))
         keyboard.onResetRequest = { events.resetRequested(cause: .guestReset) }
@@ -79,11 +84,12 @@ extension PCMachine {
             try ports.register(console, base: 0xE9, length: 1, region: 1, name: "debugcon (0xe9)")
             extra.append(console)
         }
-        append(devices: [rtc, keyboard, port92, post] + uarts + extra)
+        append(devices: isaDevices + [keyboard, port92, post] + uarts + extra)
     }
 
-    /// The fw_cfg device and everything SeaBIOS reads from it.
-    func assembleFirmwareConfig(layout: PCMemoryLayout) throws {
+    /// The fw_cfg device and everything SeaBIOS reads from it. Under Xen (`layout` nil)
+    /// hvmloader hands SeaBIOS the memory map, so there is no e820 file.
+    func assembleFirmwareConfig(layout: PCMemoryLayout?) throws {
         let fwcfg = FwCfg(memory: memory)
         try ports.register(fwcfg, base: 0x510, length: 12, name: "fw_cfg")
         func le<T: FixedWidthInteger>(_ value: T) -> [UInt8] { withUnsafeBytes(of: value.littleEndian, Array.init) }
@@ -96,7 +102,7 @@ extension PCMachine {
         // No NUMA nodes: the node count, then one (zero) entry per possible CPU.
         try fwcfg.addItem(key: FwCfgKey.numa, data: [UInt8](repeating: 0, count: 8 * (1 + config.smp.maxCPUs)))
         try fwcfg.addItem(key: FwCfgKey.uuid, data: [UInt8](repeating: 0, count: 16))
-        try fwcfg.addFile(name: "etc/e820", data: Self.e820Table(layout))
+        if let layout { try fwcfg.addFile(name: "etc/e820", data: Self.e820Table(layout)) }
         // -1: after "No bootable device." wait forever, as QEMU without reboot-timeout.
         try fwcfg.addFile(name: "etc/boot-fail-wait", data: le(Int32(config.bootRebootTimeout ?? -1)))
         append(devices: [fwcfg])
@@ -128,6 +134,11 @@ extension PCMachine {
                 throw ConfigError(option: "-device", value: list.text, reason: "missing driver name")
             }
             guard let driver = DeviceDriver.find(name) else {
+                if DeviceDriver.notYetImplemented.contains(name) {
+                    // libxl always asks for a VGA and often a NIC: the guest still starts without.
+                    GuestErrorLog.stderrSink("swiftdm: warning: -device \(list.text): '\(name)' is not implemented yet; the guest runs without it")
+                    continue
+                }
                 throw ConfigError(option: "-device", value: list.text, reason: "unknown device '\(name)' (-device help lists them)")
             }
             context.deviceID = list.take("id")

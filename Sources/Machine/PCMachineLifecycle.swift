@@ -1,5 +1,4 @@
 import DMCore
-import KVMAccel
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -11,22 +10,24 @@ import Glibc
 final class MachineEvents: AcceleratorEvents, @unchecked Sendable {
     let loop: EventLoop
     weak var machine: PCMachine?
-    /// Takes the guest off its CPUs without waiting. A guest that asks for a reset or power-off
-    /// must not run on while the main loop gets to the request (QEMU stops the CPU at once too).
-    var stopGuest: () -> Void = {}
+    /// Hands a guest's power-off (false) or reboot (true) to the accelerator at once, on the
+    /// thread that saw it: KVM takes the guest off its CPUs (it must not run on while the main
+    /// loop gets to the request); Xen asks the toolstack to end or rebuild the domain before
+    /// the guest's access completes. True when the platform carries the request out itself.
+    var forwardPowerRequest: (_ reboot: Bool) -> Bool = { _ in false }
 
     init(loop: EventLoop) {
         self.loop = loop
     }
 
     func resetRequested(cause: ShutdownCause) {
-        stopGuest()
-        loop.postUnlocked { [weak self] in self?.machine?.handleReset(cause: cause) }
+        let forwarded = forwardPowerRequest(true)
+        loop.postUnlocked { [weak self] in self?.machine?.handleReset(cause: cause, forwarded: forwarded) }
     }
 
     func shutdownRequested(cause: ShutdownCause) {
-        stopGuest()
-        loop.postUnlocked { [weak self] in self?.machine?.handleShutdown(cause: cause) }
+        let forwarded = forwardPowerRequest(false)
+        loop.postUnlocked { [weak self] in self?.machine?.handleShutdown(cause: cause, forwarded: forwarded) }
     }
 
     func fatalError(_ message: String) {
@@ -49,7 +50,10 @@ extension PCMachine {
             GuestErrorLog.stderrSink("swiftdm: \(error)")
             return 1
         }
-        if runState == .running { resumeClock() }
+        if runState == .running {
+            resumeClock()
+            xen?.recordRunning()
+        }
         loop.run()
         accelerator.stop()
         return exitStatus.load(ordering: .acquiring)
@@ -84,16 +88,20 @@ extension PCMachine {
         runState = .running
         resumeClock()
         accelerator.resume()
+        xen?.recordRunning()
         monitorEvents?.emitResume()
     }
 
     /// A system reset: every device and CPU back to power-on state; RAM is kept, as on a PC.
-    func handleReset(cause: ShutdownCause) {
-        if config.noReboot {
-            handleShutdown(cause: cause)
+    /// Under Xen the toolstack rebuilds the domain instead (`forwarded`; a monitor's
+    /// `system_reset` is forwarded here), and this process ends when libxl replaces it.
+    func handleReset(cause: ShutdownCause, forwarded: Bool? = nil) {
+        if config.noReboot && !platform.isXen {
+            handleShutdown(cause: cause, forwarded: forwarded)
             return
         }
         monitorEvents?.emitReset(guest: cause.isGuestRequest, reason: cause.rawValue)
+        if forwarded ?? accelerator.forwardPowerRequest(reboot: true) { return }
         let wasRunning = runState == .running
         accelerator.pause()
         lock.withLock {
@@ -113,8 +121,10 @@ extension PCMachine {
         }
     }
 
-    /// The guest powered off (or reset under -no-reboot): exit 0, or stop under -no-shutdown.
-    func handleShutdown(cause: ShutdownCause) {
+    /// The guest powered off (or reset under -no-reboot): exit 0, or stop under -no-shutdown
+    /// (libxl's choice: the domain is gone, libxl ends us with SIGHUP).
+    func handleShutdown(cause: ShutdownCause, forwarded: Bool? = nil) {
+        if forwarded == nil { _ = accelerator.forwardPowerRequest(reboot: false) }
         monitorEvents?.emitShutdown(guest: cause.isGuestRequest, reason: cause.rawValue)
         if config.noShutdown {
             pause(to: .shutdown)
@@ -156,4 +166,10 @@ extension PCMachine {
 /// What `-device help` and `-machine help` print.
 public enum MachineCatalog {
     public static var deviceHelp: String { DeviceDriver.helpText }
+    public static let machineHelp = """
+        Supported machines are:
+        pc                   Standard PC (i440FX + PIIX, 1996) (default)
+        xenfv                Xen Fully-virtualized PC (i440FX + PIIX + Xen platform device)
+        none                 empty machine
+        """
 }

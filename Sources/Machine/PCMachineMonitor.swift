@@ -134,7 +134,10 @@ extension PCMachine: MonitorHost {
     }
 
     public func setGlobalDirtyLog(_ enabled: Bool) throws(QMPError) {
-        throw .generic("global dirty-page logging needs the Xen accelerator; this machine runs on KVM")
+        guard let xen else {
+            throw .generic("global dirty-page logging needs the Xen accelerator; this machine runs on KVM")
+        }
+        xen.accelerator.globalDirtyLogging = enabled
     }
 
     public func addDevice(_ properties: JSONObject) throws(QMPError) {
@@ -154,7 +157,8 @@ extension PCMachine: MonitorHost {
 
     public func changeMedium(device: String?, id: String?, filename: String, format: String?, readOnlyMode: String?,
                              fdSets: FileDescriptorSets) throws(QMPError) {
-        try changeDriveMedium(device: device, id: id, filename: filename, format: format, readOnlyMode: readOnlyMode)
+        try changeDriveMedium(device: device, id: id, filename: filename, format: format, readOnlyMode: readOnlyMode,
+                              fdSets: fdSets)
     }
 
     public var blockDevices: [JSONValue] { blockQueryEntries }
@@ -166,7 +170,8 @@ extension PCMachine: MonitorHost {
     }
 
     /// `-incoming fd:N`: reads the device state libxl saved (`xen-save-devices-state`) from
-    /// the descriptor, loads it, and leaves the VM paused — or running if `cont` came first.
+    /// the descriptor, loads it, and leaves the VM paused — or running if `cont` came first,
+    /// or under Xen without -S.
     /// `-incoming defer` stays in `inmigrate`. Call before `run`.
     public func loadIncomingState() throws(MachineError) {
         guard case .fd(let fd) = config.incoming else { return }
@@ -186,7 +191,10 @@ extension PCMachine: MonitorHost {
         } catch {
             throw MachineError("-incoming fd:\(fd): \(error.description)")
         }
-        runState = startAfterIncoming ? .running : .paused
+        // Under Xen QEMU keeps no run state in the stream and autostarts unless -S; libxl
+        // then waits for `state = running` (its restore path sends `cont` only afterwards).
+        let autostart = platform.isXen && !config.startPaused
+        runState = startAfterIncoming || autostart ? .running : .paused
     }
 }
 

@@ -137,14 +137,16 @@ enum QMPCommands {
         },
         QMPCommand("query-command-line-options", CommandLineOptionsArguments.self, returns: "[CommandLineOptionInfo]") {
             args, _ throws(QMPError) in
-            // Our options have no QemuOpts parameter descriptions; libxl only probes for
-            // `run-with`, which we do not have, so an honest empty parameter list is enough.
-            var names = CommandLineParser.optionNames
+            // libxl probes `run-with` for `chroot` and `user` to pick its deprivilege spelling.
+            var entries = CommandLineParser.optionParameters
             if let option = args.option {
-                guard names.contains(option) else { throw .generic("invalid option name: \(option)") }
-                names = [option]
+                entries = entries.filter { $0.option == option }
+                guard !entries.isEmpty else { throw .generic("invalid option name: \(option)") }
             }
-            return .value(.array(names.map { ["option": .string($0), "parameters": []] }))
+            return .value(.array(entries.map { entry in
+                ["option": .string(entry.option),
+                 "parameters": .array(entry.parameters.map { ["name": .string($0), "type": "string"] })]
+            }))
         },
         QMPCommand("query-status", NoArguments.self, returns: "StatusInfo") { _, context throws(QMPError) in
             let host = try context.requireHost()

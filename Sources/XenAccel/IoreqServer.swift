@@ -51,6 +51,11 @@ public final class IoreqServer: @unchecked Sendable {
     /// (so the toolstack sees it before the guest resumes): 0 = none, else reason + 1.
     private let pendingShutdown = Atomic<UInt32>(0)
     private let stopping = Atomic<Bool>(false)
+    /// Held while the thread serves a batch of events, so `whileIdle` callers (the machine
+    /// pausing or ending the domain from its main loop) never act in the middle of a request.
+    private let serving = Mutex<Void>(())
+    /// `pthread_self()` of the serving thread, 0 before it runs.
+    private let servingThread = Atomic<UInt>(0)
     private var thread: pthread_t?
     private var wakeFD: Int32 = -1
 
@@ -99,6 +104,20 @@ public final class IoreqServer: @unchecked Sendable {
     /// request's response is posted, as QEMU does, otherwise at the next event.
     public func requestShutdown(_ reason: XenShutdownReason) {
         pendingShutdown.store(reason.rawValue + 1, ordering: .releasing)
+    }
+
+    /// Ends the domain now: from inside a request (a device on the ioreq thread) the dm-op goes
+    /// out before that request's response; from any other thread it goes out at once, between
+    /// two batches of requests.
+    public func shutdownDomain(_ reason: XenShutdownReason) {
+        requestShutdown(reason)
+        guard servingThread.load(ordering: .acquiring) != UInt(pthread_self()) else { return }
+        whileIdle { actOnPendingShutdown() }
+    }
+
+    /// Runs `body` while the serving thread is between batches of requests.
+    public func whileIdle<R>(_ body: () -> R) -> R {
+        serving.withLock { _ in body() }
     }
 
     // MARK: events
@@ -448,6 +467,7 @@ public final class IoreqServer: @unchecked Sendable {
     }
 
     private func run() {
+        servingThread.store(UInt(pthread_self()), ordering: .releasing)
         guard let fd = hypervisor.eventChannelFD else { return }
         var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)]
@@ -458,7 +478,7 @@ public final class IoreqServer: @unchecked Sendable {
                 events.fatalError("xen-ioreq: poll: \(String(cString: strerror(errno)))")
                 return
             }
-            if fds[0].revents != 0 { handlePendingEvents() }
+            if fds[0].revents != 0 { serving.withLock { _ in handlePendingEvents() } }
         }
     }
 }

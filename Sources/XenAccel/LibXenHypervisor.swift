@@ -62,7 +62,12 @@ public final class LibXenHypervisor: XenHypervisor, @unchecked Sendable {
         ioreqPage = SharedPage(base: UnsafeMutableRawPointer(bitPattern: 1)!, length: 0)
         do throws(XenError) {
             try mapPages(buffered: buffered)
+            // Xen writes each vCPU's vp_eport into the page only when the server is enabled
+            // (its pages come into being with the resource mapping, after the vCPUs were added),
+            // so enable it for the binding, as QEMU does, then leave it off until the VM runs.
+            try setIoreqServerEnabled(true)
             try bindPorts(vcpus: vcpus, buffered: buffered)
+            try setIoreqServerEnabled(false)
         } catch {
             teardown()
             throw error

@@ -217,6 +217,18 @@ public struct XenLibraries: @unchecked Sendable {
         throw .libraryMissing(library: library, tried: tried, reason: lastReason)
     }
 
+    /// `xentoolcore_restrict_all`: from now on every handle this process opened through the
+    /// Xen libraries may act on `domid` only (QEMU's `-xen-domid-restrict`). A failure leaves
+    /// the process unrestricted, so the caller must not go on as if it were.
+    public static func restrictAll(to domid: UInt16, directory: String? = nil) throws(XenError) {
+        let core = try open("libxentoolcore", names: ["libxentoolcore.so.1", "libxentoolcore.so"], directory: directory)
+        guard let symbol = dlsym(core, "xentoolcore_restrict_all") else {
+            throw .symbolMissing(library: "libxentoolcore", symbol: "xentoolcore_restrict_all")
+        }
+        let restrict = unsafeBitCast(symbol, to: (@convention(c) (UInt16) -> Int32).self)
+        guard restrict(domid) == 0 else { throw .callFailed(call: "xentoolcore_restrict_all(\(domid))", errno: errno) }
+    }
+
     /// Opens a libxendevicemodel handle: the first call that needs a hypervisor (it opens
     /// /dev/xen/privcmd), so on a host without Xen this is where a clear error appears.
     public func openDeviceModel() throws(XenError) -> Handle {

@@ -31,7 +31,7 @@ case .printVersion:
     print(CommandLineParser.versionText)
     exit(0)
 case .listMachines:
-    print("Supported machines are:\npc                   Standard PC (i440FX + PIIX, 1996) (default)")
+    print(MachineCatalog.machineHelp)
     exit(0)
 case .listDevices:
     print(MachineCatalog.deviceHelp)
@@ -45,6 +45,8 @@ case .run(let parsed):
 let terminationSignals = [SIGINT, SIGTERM, SIGHUP]
 _ = sdm_sigmask(SIG_BLOCK, terminationSignals, Int32(terminationSignals.count))
 signal(SIGPIPE, SIG_IGN)
+
+for warning in config.warnings { GuestErrorLog.stderrSink("swiftdm: warning: \(warning)") }
 
 let machine: PCMachine
 do {
@@ -78,6 +80,17 @@ do {
 machine.monitorEvents = monitor
 do {
     try machine.loadIncomingState()
+} catch {
+    monitor.close()
+    machine.shutdownBackends()
+    fail(error.description)
+}
+
+// Everything that needs privileges is open: confine the process as asked (-xen-domid-restrict,
+// -chroot, -runas), in QEMU's order.
+do {
+    if config.xenRestrict { try machine.restrictXenHandles() }
+    try Privileges.drop(user: config.runAsUser, chroot: config.chrootDirectory)
 } catch {
     monitor.close()
     machine.shutdownBackends()

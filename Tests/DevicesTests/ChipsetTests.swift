@@ -107,11 +107,21 @@ final class ChipsetTests: XCTestCase {
         pci.configWrite(devfn: 0x0B, offset: 0x80, size: 1, value: 0)
         XCTAssertNil(ports.mapping(containing: 0xB000))
 
+        // APM: ACPI_ENABLE/ACPI_DISABLE on 0xB2 toggle SCI_EN; 0xB3 is a scratch byte.
+        pci.configWrite(devfn: 0x0B, offset: 0x80, size: 1, value: 1)
+        try ports.register(pm, base: 0xB2, length: 2, region: PIIX4PowerManagement.apmRegion, name: "APM")
+        ports.write(0xB2, size: 1, value: 0xF1)
+        XCTAssertEqual(ports.read(0xB004, size: 2) & 1, 1)
+        ports.write(0xB2, size: 2, value: 0x5AF0)
+        XCTAssertEqual(ports.read(0xB004, size: 2) & 1, 0)
+        XCTAssertEqual(ports.read(0xB2, size: 2), 0x5AF0)
+
         var w = StateWriter()
         pm.saveState(to: &w)
         var r = StateReader(bytes: w.bytes, section: pm.stateID)
-        try pm.loadState(from: &r, version: 1)
+        try pm.loadState(from: &r, version: pm.stateVersion)
         XCTAssertTrue(r.isAtEnd)
+        XCTAssertEqual(ports.read(0xB3, size: 1), 0x5A)
     }
 
     func testPMTimerArithmeticNeverOverflows() {

@@ -57,7 +57,6 @@ final class LibxlReplayTests: XCTestCase {
             let allowed: [String: String] = [
                 "device_add": "GenericError",  // CPU hotplug: no hotplug controller yet
                 "xen-set-global-dirty-log": "GenericError",  // needs the Xen accelerator; this runs on KVM
-                "blockdev-change-medium": "GenericError",  // the block layer does not open fd sets yet
             ]
             if expected["return"] != nil {
                 XCTAssertEqual(allowed[command], errorClass, "\(command): QEMU answered \(expected), we \(reply)", file: file, line: line)

@@ -58,6 +58,9 @@ public struct BlockOpenOptions: Sendable {
     public var skipBacking: Bool
     /// L2 tables kept in memory per qcow2 image.
     public var l2CacheTables: Int
+    /// Opens image files instead of `open(2)`: the machine resolves QEMU's `/dev/fdset/N`
+    /// names to descriptors passed in with QMP `add-fd` (libxl's CD-ROM insert).
+    public var opener: BlockFileOpener?
 
     public init(format: BlockFormat?, readOnly: Bool = false, cache: CacheMode = .writeback,
                 locking: Bool = true, allowProbing: Bool = false, skipBacking: Bool = false,
@@ -77,17 +80,23 @@ public enum BlockLimits {
     public static let maxBackingChainDepth = 16
 }
 
+/// How the block layer gets a descriptor for a file name, when the caller decides (fd sets).
+/// `open` returns a descriptor the block layer owns until it hands it to `close`, or -1 with
+/// `errno` set.
+public struct BlockFileOpener: Sendable {
+    public let open: @Sendable (_ path: String, _ flags: Int32) -> Int32
+    public let close: @Sendable (_ fd: Int32) -> Void
+
+    public init(open: @escaping @Sendable (String, Int32) -> Int32, close: @escaping @Sendable (Int32) -> Void) {
+        self.open = open
+        self.close = close
+    }
+}
+
 /// The identity of an open file, to detect a backing chain that loops back on itself.
 struct FileIdentity: Hashable, Sendable {
     let device: UInt64
     let inode: UInt64
-
-    init(path: String) throws(BlockError) {
-        var info = stat()
-        guard stat(path, &info) == 0 else { throw .system(operation: "stat", path: path, errno: errno) }
-        device = UInt64(info.st_dev)
-        inode = UInt64(info.st_ino)
-    }
 }
 
 public enum BlockDrivers {
@@ -101,31 +110,31 @@ public enum BlockDrivers {
         guard chain.count <= BlockLimits.maxBackingChainDepth else {
             throw .invalidImage(path: path, reason: "backing chain deeper than \(BlockLimits.maxBackingChainDepth) images")
         }
-        let identity = try FileIdentity(path: path)
-        guard !chain.contains(identity) else {
-            throw .invalidImage(path: path, reason: "backing chain loops back to this image")
-        }
         let format: BlockFormat
         if let chosen = options.format {
             format = chosen
         } else if options.allowProbing {
-            format = try probe(path: path)
+            format = try probe(path: path, opener: options.opener)
         } else {
             throw .invalidArgument("\(path): no format given (format=raw or format=qcow2); probing was not requested")
         }
         let file = try BlockFile(path: path, readOnly: options.readOnly, cache: options.cache,
-                                 lock: options.locking ? (options.readOnly ? .shared : .exclusiveWriter) : nil)
+                                 lock: options.locking ? (options.readOnly ? .shared : .exclusiveWriter) : nil,
+                                 opener: options.opener)
+        guard !chain.contains(file.identity) else {
+            throw .invalidImage(path: path, reason: "backing chain loops back to this image")
+        }
         switch format {
         case .raw:
             return try RawDriver(file: file)
         case .qcow2:
-            return try Qcow2Image(file: file, options: options, chain: chain + [identity])
+            return try Qcow2Image(file: file, options: options, chain: chain + [file.identity])
         }
     }
 
     /// qcow2 if the file starts with qcow2's magic, raw otherwise.
-    public static func probe(path: String) throws(BlockError) -> BlockFormat {
-        let file = try BlockFile(path: path, readOnly: true, lock: nil)
+    public static func probe(path: String, opener: BlockFileOpener? = nil) throws(BlockError) -> BlockFormat {
+        let file = try BlockFile(path: path, readOnly: true, lock: nil, opener: opener)
         defer { file.close() }
         let head = try file.read(at: 0, count: 4)
         return head == Qcow2Layout.magic ? .qcow2 : .raw

@@ -43,6 +43,10 @@ public final class BlockFile: @unchecked Sendable {
     public let cacheMode: CacheMode
     public let isBlockDevice: Bool
     private let fd: Int32
+    /// Where the descriptor goes back when closed (an fd-set duplicate), nil for `close(2)`.
+    private let opener: BlockFileOpener?
+    /// Device and inode, for backing-chain loop detection.
+    let identity: FileIdentity
     /// Alignment O_DIRECT demands of offsets, lengths and buffers; 1 without O_DIRECT.
     private let directAlignment: Int
     /// Serialises read-modify-write of partial sectors under O_DIRECT.
@@ -51,24 +55,27 @@ public final class BlockFile: @unchecked Sendable {
 
     /// Opens `path`. `create` makes (or truncates) a regular file. `lock` nil means locking=off.
     public init(path: String, readOnly: Bool, cache: CacheMode = .writeback,
-                create: Bool = false, lock: LockAccess?) throws(BlockError) {
+                create: Bool = false, lock: LockAccess?, opener: BlockFileOpener? = nil) throws(BlockError) {
         var flags = (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC
         if create { flags |= O_CREAT | O_TRUNC }
         if cache.usesDirectIO { flags |= Self.directFlag }
-        let opened = open(path, flags, 0o644)
+        let opened = opener.map { $0.open(path, flags) } ?? open(path, flags, 0o644)
         guard opened >= 0 else { throw .system(operation: "open", path: path, errno: errno) }
+        func giveBack() { if let opener { opener.close(opened) } else { Glibc.close(opened) } }
         var info = stat()
         guard fstat(opened, &info) == 0 else {
             let code = errno
-            Glibc.close(opened)
+            giveBack()
             throw .system(operation: "fstat", path: path, errno: code)
         }
         let kind = info.st_mode & S_IFMT
         guard kind == S_IFREG || kind == S_IFBLK else {
-            Glibc.close(opened)
+            giveBack()
             throw .invalidArgument("\(path): not a regular file or block device")
         }
         fd = opened
+        self.opener = opener
+        identity = FileIdentity(device: UInt64(info.st_dev), inode: UInt64(info.st_ino))
         self.path = path
         isReadOnly = readOnly
         cacheMode = cache
@@ -78,7 +85,7 @@ public final class BlockFile: @unchecked Sendable {
             do throws(BlockError) {
                 try applyQEMUCompatibleLocks(lock)
             } catch {
-                Glibc.close(opened)
+                giveBack()
                 throw error
             }
         }
@@ -87,7 +94,8 @@ public final class BlockFile: @unchecked Sendable {
     deinit { close() }
 
     public func close() {
-        if !isClosed.exchange(true, ordering: .acquiringAndReleasing) { Glibc.close(fd) }
+        guard !isClosed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        if let opener { opener.close(fd) } else { Glibc.close(fd) }
     }
 
     /// The file's current length (a block device's size via lseek, which Linux supports).

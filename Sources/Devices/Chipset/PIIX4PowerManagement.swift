@@ -6,10 +6,18 @@ import DMCore
 ///
 /// SMM is not emulated. Like QEMU without SMM, the APMC-enable bit (0x5B bit 1) starts set, so
 /// SeaBIOS believes SMM is already initialised and never raises an SMI we could not serve.
+/// The APM control/status ports (0xB2/0xB3, region `apmRegion`, the FADT's SMI_CMD) still
+/// work the way firmware without SMM needs: ACPI_ENABLE (0xF1) sets SCI_EN, ACPI_DISABLE
+/// (0xF0) clears it — hvmloader refuses to go on unless that works.
 public final class PIIX4PowerManagement: PCIDevice, Snapshottable, Resettable, @unchecked Sendable {
     public static let timerFrequency: UInt64 = 3_579_545
     public static let ioSize: UInt64 = 64
     static let pmioRegion = 7
+    public static let apmRegion = 8
+    public static let apmPorts: ClosedRange<UInt64> = 0xB2...0xB3
+    static let acpiEnable: UInt8 = 0xF1
+    static let acpiDisable: UInt8 = 0xF0
+    static let sciEnable: UInt16 = 1 << 0
 
     /// PM1 status/enable bits.
     public struct PM1Event: OptionSet, Sendable {
@@ -31,6 +39,8 @@ public final class PIIX4PowerManagement: PCIDevice, Snapshottable, Resettable, @
     private var status: PM1Event = []
     private var enable: PM1Event = []
     private var control: UInt16 = 0
+    /// APM control (last SMI command) and status (scratch) bytes.
+    private var apm: (control: UInt8, status: UInt8) = (0, 0)
     private var mappedBase: UInt64?
     /// Told when the guest writes SLP_EN, with SLP_TYP (what each type means is in the ACPI
     /// tables the firmware gives the guest, so the machine decides).
@@ -118,6 +128,13 @@ public final class PIIX4PowerManagement: PCIDevice, Snapshottable, Resettable, @
     // MARK: PM I/O registers
 
     public func read(region: Int, offset: UInt64, size: Int) -> UInt64 {
+        if region == Self.apmRegion {
+            var value: UInt64 = 0
+            for i in 0..<UInt64(size) where offset + i < 2 {
+                value |= UInt64(offset + i == 0 ? apm.control : apm.status) << (8 * i)
+            }
+            return value
+        }
         guard region == Self.pmioRegion else { return mask(size) }
         var value: UInt64 = 0
         for i in 0..<UInt64(size) { value |= UInt64(readByte(offset + i)) << (8 * i) }
@@ -137,6 +154,13 @@ public final class PIIX4PowerManagement: PCIDevice, Snapshottable, Resettable, @
     private func byte(_ value: UInt16, _ index: UInt64) -> UInt8 { UInt8(truncatingIfNeeded: value >> (8 * index)) }
 
     public func write(region: Int, offset: UInt64, size: Int, value: UInt64) {
+        if region == Self.apmRegion {
+            for i in 0..<UInt64(size) where offset + i < 2 {
+                let byte = UInt8(truncatingIfNeeded: value >> (8 * i))
+                if offset + i == 0 { writeAPMControl(byte) } else { apm.status = byte }
+            }
+            return
+        }
         guard region == Self.pmioRegion else { return }
         // Apply by register so a 32-bit write to 0x00 updates status and enable together.
         for register in stride(from: UInt64(0), to: 6, by: 2) where offset < register + 2 && offset + UInt64(size) > register {
@@ -147,6 +171,15 @@ public final class PIIX4PowerManagement: PCIDevice, Snapshottable, Resettable, @
                 value16 |= UInt16(truncatingIfNeeded: (value >> (8 * i)) & 0xFF) << shift
             }
             writeRegister(register, value: value16, mask: mask16)
+        }
+    }
+
+    private func writeAPMControl(_ command: UInt8) {
+        apm.control = command
+        switch command {
+        case Self.acpiEnable: control |= Self.sciEnable
+        case Self.acpiDisable: control &= ~Self.sciEnable
+        default: break  // other commands would go to SMM, which is not there
         }
     }
 
@@ -168,20 +201,25 @@ public final class PIIX4PowerManagement: PCIDevice, Snapshottable, Resettable, @
     // MARK: state
 
     public var stateID: String { "piix4-pm" }
-    public var stateVersion: UInt32 { 1 }
+    /// 2 adds the APM bytes.
+    public var stateVersion: UInt32 { 2 }
 
     public func saveState(to w: inout StateWriter) {
         pci.saveState(to: &w)
         w.put(status.rawValue)
         w.put(enable.rawValue)
         w.put(control)
+        w.put(apm.control)
+        w.put(apm.status)
     }
 
     public func loadState(from r: inout StateReader, version: UInt32) throws(StateError) {
+        guard version == 1 || version == 2 else { throw .unsupportedVersion(section: stateID, version: version) }
         try pci.loadState(from: &r)
         status = PM1Event(rawValue: try r.get(UInt16.self))
         enable = PM1Event(rawValue: try r.get(UInt16.self))
         control = try r.get(UInt16.self) & ~(1 << 13)
+        apm = version >= 2 ? (try r.get(UInt8.self), try r.get(UInt8.self)) : (0, 0)
         remapPMIO()
         updateSCI()
         armOverflowTimer()
@@ -192,6 +230,7 @@ public final class PIIX4PowerManagement: PCIDevice, Snapshottable, Resettable, @
         status = []
         enable = []
         control = 0
+        apm = (0, 0)
         remapPMIO()
         updateSCI()
         overflowTimer.cancel()

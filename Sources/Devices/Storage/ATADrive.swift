@@ -159,13 +159,16 @@ public final class ATADrive: @unchecked Sendable {
     }
 
     /// blockdev-change-medium: opens `path` (raw unless `format` says otherwise) and inserts it.
-    public func changeMedium(path: String, format: BlockFormat = .raw, readOnly: Bool = true) throws(ATAMediaError) {
+    /// `opener` resolves names the monitor owns (`/dev/fdset/N`).
+    public func changeMedium(path: String, format: BlockFormat = .raw, readOnly: Bool = true,
+                             opener: BlockFileOpener? = nil) throws(ATAMediaError) {
         guard isRemovable else { throw .notRemovable(id: id) }
         if locked { pendingMediaEvent = 1; throw .locked(id: id) }
         let backend: BlockBackend
         do {
-            backend = try BlockBackend(path: path, options: BlockOpenOptions(format: format, readOnly: readOnly || readOnlyMedia),
-                                       workers: 1)
+            var options = BlockOpenOptions(format: format, readOnly: readOnly || readOnlyMedia)
+            options.opener = opener
+            backend = try BlockBackend(path: path, options: options, workers: 1)
         } catch {
             throw .open(error)
         }

@@ -89,6 +89,20 @@ guest_create() {
     fail "xl create failed (rc=$rc): $(xl_errors create 3 | tr '\n' ' ')"
   fi
   guest_attach "$name"
+  dm_metrics
+}
+# dm_metrics: the device model's resident memory once the guest runs, and the time from libxl
+# recording its pid (right after the fork) to its `state = running` (both stamped by oxenstored).
+dm_metrics() {
+  local rss ms
+  rss=$(sed -n 's/^VmRSS:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$DMPID/status" 2>/dev/null)
+  [ -n "$rss" ] && metric dm_rss_kb "$rss"
+  ms=$(tail -n +"$((ACCESS_MARK + 1))" /var/log/xen/xenstored-access.log 2>/dev/null | awk -v d="$DOMID" '
+    function t(s,  a) { split(substr(s, 11, 12), a, ":"); return (a[1] * 3600 + a[2] * 60 + a[3]) * 1000 }
+    $3 == "write" && $4 == "/local/domain/" d "/image/device-model-pid" { s = t($1) }
+    $3 == "write" && $4 == "device-model/" d "/state" && $5 == "running" && s { print int(t($1) - s); exit }')
+  [ -n "$ms" ] && metric dm_spawn_to_running_ms "$ms"
+  return 0
 }
 guest_attach() {  # guest_attach NAME: (re)read DOMID/DMPID of a running guest
   DOMID=$(xl domid "$1" 2>/dev/null) || fail "domain $1 does not exist after xl create/restore"

@@ -1,0 +1,208 @@
+import Config
+import DMCore
+import Foundation
+import XCTest
+@testable import Machine
+@testable import XenAccel
+
+/// A `xenfv` machine built from the command line libxl really sent to qemu-xen (captured in
+/// the Xen lab), run against the simulated hypervisor: what it claims from Xen, what it writes
+/// to xenstore, and how it answers the ioreqs hvmloader, SeaBIOS and Linux send.
+final class XenMachineTests: XCTestCase {
+    var directory: URL!
+
+    override func setUpWithError() throws {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("xenmachine-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        FileManager.default.createFile(atPath: path("disk.img"), contents: Data(count: 1 << 20))
+        FileManager.default.createFile(atPath: path("cd.iso"), contents: Data(count: 2048 * 16))
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(at: directory)
+    }
+
+    func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
+
+    /// hvm2's argv from the lab capture (xen-lab/captures/dm-023110-pid968.argv), paths moved.
+    func libxlArguments(domain: Int = 4) -> [String] {
+        ["-xen-domid", "\(domain)", "-no-shutdown",
+         "-chardev", "socket,id=libxl-cmd,path=\(path("qmp-libxl")),server=on,wait=off",
+         "-mon", "chardev=libxl-cmd,mode=control",
+         "-chardev", "socket,id=libxenstat-cmd,path=\(path("qmp-libxenstat")),server=on,wait=off",
+         "-mon", "chardev=libxenstat-cmd,mode=control",
+         "-nodefaults", "-no-user-config", "-name", "hvm2", "-vnc", "127.0.0.1:0,to=99", "-display", "none",
+         "-serial", "file:\(path("com1.log"))", "-device", "cirrus-vga,vgamem_mb=8", "-boot", "order=c",
+         "-smp", "1,maxcpus=2", "-net", "none", "-machine", "xenfv,suppress-vmdesc=on", "-m", "120",
+         "-drive", "file=\(path("disk.img")),if=ide,index=0,media=disk,format=raw,cache=writeback",
+         "-drive", "if=none,readonly=on,id=ide-5632,file=\(path("cd.iso")),format=raw",
+         "-device", "ide-cd,id=ide-5632,drive=ide-5632,bus=ide.1,unit=0"]
+    }
+
+    func makeMachine(_ arguments: [String]) throws -> (PCMachine, SimulatedXenHypervisor, MemoryXenStore) {
+        guard case .run(let config) = try CommandLineParser.parse(arguments) else { throw XCTSkip("not a run") }
+        let sim = try SimulatedXenHypervisor(vcpus: 2, ramSize: 16 << 20)
+        let store = MemoryXenStore()
+        let machine = try PCMachine(config: config, xenHypervisor: sim, xenStore: store)
+        return (machine, sim, store)
+    }
+
+    func testLibxlArgvAssemblesAndClaimsExactlyWhatItDecodes() throws {
+        let (machine, sim, store) = try makeMachine(libxlArguments())
+        defer { machine.shutdownBackends() }
+        XCTAssertEqual(machine.platform, .xen(domain: 4, platformDevice: true))
+        let ops = sim.dmOps
+        let ports = ops.compactMap { op -> ClosedRange<UInt64>? in
+            if case let .mapRange(.port, start, end) = op { return start...end }
+            return nil
+        }
+        for expected: ClosedRange<UInt64> in [0x3F8...0x3FF, 0x1F0...0x1F7, 0x3F6...0x3F6, 0x170...0x177, 0x376...0x376,
+                                             0x60...0x60, 0x64...0x64, 0x92...0x92, 0xCF9...0xCF9, 0x10...0x1F, 0x510...0x51B] {
+            XCTAssertTrue(ports.contains(expected), "port range \(expected) not claimed: \(ports)")
+        }
+        // Xen's own devices are never claimed: RTC, PIT, PICs, ELCR, and no 0xCF8/0xCFC either.
+        for owned: UInt64 in [0x20, 0x40, 0x61, 0x70, 0x71, 0xA0, 0x4D0, 0xCF8, 0xCFC] {
+            XCTAssertFalse(ports.contains { $0.contains(owned) }, "port \(hex(owned)) claimed")
+        }
+        let functions = ops.compactMap { op -> String? in
+            if case let .mapPCI(address) = op { return address.description }
+            return nil
+        }
+        XCTAssertEqual(Set(functions), ["0000:00:00.0", "0000:00:01.0", "0000:00:01.1", "0000:00:01.3", "0000:00:02.0"])
+        XCTAssertFalse(ops.contains(.serverEnabled(true)), "the server is enabled only when the VM runs")
+        XCTAssertEqual(store.read("device-model/4/backends"), "")
+        XCTAssertNil(store.read("device-model/4/state"))
+    }
+
+    func testMachineTypesAndErrors() throws {
+        XCTAssertThrowsError(try makeMachine(["-machine", "xenfv"])) { error in
+            XCTAssertTrue("\(error)".contains("needs -xen-domid"), "\(error)")
+        }
+        XCTAssertThrowsError(try makeMachine(["-xen-domid", "3", "-machine", "xenpv"])) { error in
+            XCTAssertTrue("\(error)".contains("not implemented"), "\(error)")
+        }
+        let (pc, sim, _) = try makeMachine(["-xen-domid", "5", "-machine", "pc,accel=xen", "-nodefaults", "-m", "64"])
+        defer { pc.shutdownBackends() }
+        XCTAssertEqual(pc.platform, .xen(domain: 5, platformDevice: false))
+        XCTAssertFalse(sim.dmOps.contains(.mapPCI(PCIAddress(device: 2))), "no platform device with xen_platform_pci=0")
+    }
+
+    /// Runs the machine on a thread and plays hvmloader and a guest over the ioreq page.
+    func testRunsAndServesIoreqsLikeQEMU() throws {
+        let (machine, sim, store) = try makeMachine(libxlArguments())
+        let finished = expectation(description: "machine ended")
+        let status = LockedBox<Int32>(-1)
+        Thread.detachNewThread {
+            status.value = machine.run()
+            finished.fulfill()
+        }
+        try waitFor("state=running") { store.read("device-model/4/state") == "running" }
+        XCTAssertTrue(sim.dmOps.contains(.serverEnabled(true)))
+
+        func request(_ r: Ioreq, vcpu: Int = 0) throws -> UInt64 {
+            sim.send(r, vcpu: vcpu)
+            var answer: UInt64?
+            try waitFor("response to \(r)") {
+                answer = sim.takeResponse(vcpu)
+                return answer != nil
+            }
+            return answer ?? 0
+        }
+        func config(_ device: UInt8, _ function: UInt8, _ offset: UInt64, size: UInt32, write: UInt64? = nil) throws -> UInt64 {
+            let sbdf = UInt64(PCIAddress(device: device, function: function).sbdf)
+            return try request(Ioreq(addr: sbdf << 32 | offset, data: write ?? 0, size: size, isRead: write == nil,
+                                     type: Ioreq.Kind.pciConfig.rawValue))
+        }
+        func port(_ address: UInt64, size: UInt32, write: UInt64? = nil) throws -> UInt64 {
+            try request(Ioreq(addr: address, data: write ?? 0, size: size, isRead: write == nil, type: Ioreq.Kind.pio.rawValue))
+        }
+
+        // The platform device as hvmloader and Linux's xen-platform-pci find it.
+        XCTAssertEqual(try config(2, 0, 0, size: 4), 0x0001_5853)
+        XCTAssertEqual(try config(2, 0, 0x2C, size: 4), 0x0001_5853)
+        XCTAssertEqual(try config(1, 1, 0, size: 4), 0x7010_8086)
+        XCTAssertEqual(try port(0x10, size: 2), 0x49D2)
+        XCTAssertEqual(try port(0x12, size: 1), 1)
+        // A second vCPU has its own slot.
+        XCTAssertEqual(try request(Ioreq(addr: 0x10, size: 2, isRead: true, type: Ioreq.Kind.pio.rawValue), vcpu: 1), 0x49D2)
+
+        // PIIX3 link routes are mirrored to Xen's PIRQ router.
+        _ = try config(1, 0, 0x60, size: 1, write: 0x0B)
+        XCTAssertTrue(sim.dmOps.contains(.linkRoute(link: 0, irq: 11)))
+
+        // COM1 output reaches the -serial file.
+        for byte in Array("hi\n".utf8) { _ = try port(0x3F8, size: 1, write: UInt64(byte)) }
+        try waitFor("COM1 output") { (try? String(contentsOfFile: self.path("com1.log"), encoding: .utf8)) == "hi\n" }
+
+        // hvmloader's PIIX4 PM setup: PMBA 0x1F40, I/O enabled. Xen keeps PM1a_EVT and the timer.
+        _ = try config(1, 3, 0x40, size: 4, write: 0x1F41)
+        _ = try config(1, 3, 0x80, size: 1, write: 0x01)
+        let claimed = sim.dmOps.compactMap { op -> ClosedRange<UInt64>? in
+            if case let .mapRange(.port, start, end) = op, start >= 0x1F40, end <= 0x1F7F { return start...end }
+            return nil
+        }
+        XCTAssertEqual(claimed, [0x1F44...0x1F47, 0x1F4C...0x1F7F])
+        // hvmloader's acpi_enable_sci: ACPI_ENABLE through the APM port must set SCI_EN.
+        XCTAssertEqual(try port(0x1F44, size: 1) & 1, 0)
+        _ = try port(0xB2, size: 1, write: 0xF1)
+        XCTAssertEqual(try port(0x1F44, size: 1) & 1, 1)
+        XCTAssertEqual(try port(0xB2, size: 1), 0xF1)
+
+        // The PV drivers unplug the emulated disks (bit 0: all of them); the CD-ROM stays.
+        _ = try port(0x10, size: 2, write: 0x0001)
+        let drives = machine.lock.withLock { machine.blockDrives.map(\.id) }
+        XCTAssertEqual(drives, ["ide-5632"])
+
+        // The guest powers off (S5 through PM1a_CNT): Xen hears it before the access completes,
+        // and with -no-shutdown the device model stops serving and waits for libxl.
+        XCTAssertFalse(sim.dmOps.contains(.shutdown(.poweroff)))
+        _ = try port(0x1F44, size: 2, write: 0x2000)
+        XCTAssertTrue(sim.dmOps.contains(.shutdown(.poweroff)))
+        try waitFor("shutdown state") { machine.lock.withLock { machine.runState == .shutdown } }
+        XCTAssertEqual(sim.dmOps.last, .serverEnabled(false))
+
+        machine.terminate(signal: SIGHUP)
+        wait(for: [finished], timeout: 10)
+        XCTAssertEqual(status.value, 0)
+        machine.shutdownBackends()
+    }
+
+    func testRebootIsForwardedToXen() throws {
+        let (machine, sim, store) = try makeMachine(libxlArguments(domain: 9))
+        let finished = expectation(description: "machine ended")
+        Thread.detachNewThread {
+            _ = machine.run()
+            finished.fulfill()
+        }
+        try waitFor("state=running") { store.read("device-model/9/state") == "running" }
+        sim.send(Ioreq(addr: 0xCF9, data: 0x06, size: 1, isRead: false, type: Ioreq.Kind.pio.rawValue))
+        try waitFor("response") { sim.takeResponse() != nil }
+        XCTAssertTrue(sim.dmOps.contains(.shutdown(.reboot)))
+        machine.terminate(signal: SIGTERM)
+        wait(for: [finished], timeout: 10)
+        machine.shutdownBackends()
+    }
+
+    func waitFor(_ what: String, timeout: Double = 10, _ condition: () throws -> Bool) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while try !condition() {
+            guard Date() < deadline else { throw Timeout(what: what) }
+            usleep(2000)
+        }
+    }
+}
+
+struct Timeout: Error, CustomStringConvertible {
+    let what: String
+    var description: String { "timed out waiting for \(what)" }
+}
+
+final class LockedBox<T>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var stored: T
+    init(_ value: T) { stored = value }
+    var value: T {
+        get { lock.withLock { stored } }
+        set { lock.withLock { stored = newValue } }
+    }
+}
