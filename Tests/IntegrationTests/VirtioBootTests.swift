@@ -113,12 +113,7 @@ extension StorageBootTests {
             if reads == 0 { usleep(200_000) }
         }
         XCTAssertGreaterThan(reads, 0, "SeaBIOS read through virtio: \(source.stderr)")
-        let path = source.directory.appendingPathComponent("saved.bin").path
-        XCTAssertNotNil(try client.execute("stop")["return"])
-        XCTAssertNotNil(try client.execute("xen-save-devices-state", ["filename": path])["return"])
-        XCTAssertNotNil(try client.execute("quit")["return"])
-        XCTAssertEqual(source.waitForExit(), 0)
-        let saved = try Data(contentsOf: URL(fileURLWithPath: path))
+        let saved = try source.saveStateAndQuit(client)
         XCTAssertNotNil(saved.range(of: Data("virtio-blk@virtio-blk-pci-vd0".utf8)), "virtio section in the stream")
 
         let copy = "/tmp/swiftdm-virtio-incoming-\(getpid()).bin"
