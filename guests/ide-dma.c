@@ -47,13 +47,6 @@ static void lba48(u8 cmd, u32 lba, u16 count)
     outb(0x1F7, cmd);
 }
 
-static int sector_ok(const u8 *p, u32 n)
-{
-    if (*(const u32 *)p != n) return 0;
-    for (u32 i = 4; i < 512; i++) if (p[i] != (u8)n) return 0;
-    return 1;
-}
-
 void guest_main(void)
 {
     cli();
@@ -104,7 +97,7 @@ void guest_main(void)
     memcpy(joined, (void *)DATA, 3000);
     memcpy(joined + 3000, (void *)DATA2, 16 * 512 - 3000);
     int good = 0;
-    for (u32 s = 0; s < 16; s++) good += sector_ok(joined + 512 * s, 100 + s);
+    for (u32 s = 0; s < 16; s++) good += pattern_sector_ok(joined + 512 * s, 100 + s);
     CHECK_EQ("sectors read by DMA", good, 16);
 
     /* WRITE DMA of 4 sectors at LBA 200, then READ SECTORS back by PIO. */

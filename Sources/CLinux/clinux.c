@@ -15,7 +15,7 @@ REQ(KVM_SET_IDENTITY_MAP_ADDR) REQ(KVM_CREATE_IRQCHIP) REQ(KVM_CREATE_PIT2) REQ(
 REQ(KVM_SIGNAL_MSI) REQ(KVM_RUN) REQ(KVM_GET_REGS) REQ(KVM_SET_REGS) REQ(KVM_GET_SREGS)
 REQ(KVM_SET_SREGS) REQ(KVM_SET_MP_STATE) REQ(KVM_GET_LAPIC) REQ(KVM_SET_LAPIC) REQ(KVM_SET_FPU)
 REQ(KVM_SET_MSRS) REQ(KVM_ENABLE_CAP) REQ(KVM_SET_CLOCK)
-REQ(KVM_GET_IRQCHIP) REQ(KVM_SET_IRQCHIP) REQ(KVM_GET_PIT2) REQ(KVM_SET_PIT2)
+REQ(KVM_GET_IRQCHIP) REQ(KVM_SET_IRQCHIP) REQ(KVM_GET_PIT2) REQ(KVM_SET_PIT2) REQ(KVM_IOEVENTFD) REQ(KVM_IRQFD)
 
 int sdm_ioctl(int fd, unsigned long request, void *arg) { return ioctl(fd, request, arg); }
 int sdm_ioctl_int(int fd, unsigned long request, unsigned long arg) { return ioctl(fd, request, arg); }
@@ -50,16 +50,11 @@ int sdm_kvm_set_msrs(int vcpu_fd, const uint32_t *indices, const uint64_t *value
     return r;
 }
 
-int sdm_kvm_set_irqchip_routing(int vm_fd, const uint32_t *gsi, const uint32_t *chip, const uint32_t *pin, int count) {
-    struct kvm_irq_routing *r = calloc(1, sizeof(*r) + (size_t)count * sizeof(struct kvm_irq_routing_entry));
+int sdm_kvm_set_gsi_routing(int vm_fd, const struct kvm_irq_routing_entry *entries, int count) {
+    struct kvm_irq_routing *r = calloc(1, sizeof(*r) + (size_t)count * sizeof(*entries));
     if (!r) { errno = ENOMEM; return -1; }
     r->nr = (uint32_t)count;
-    for (int i = 0; i < count; i++) {
-        r->entries[i].gsi = gsi[i];
-        r->entries[i].type = KVM_IRQ_ROUTING_IRQCHIP;
-        r->entries[i].u.irqchip.irqchip = chip[i];
-        r->entries[i].u.irqchip.pin = pin[i];
-    }
+    memcpy(r->entries, entries, (size_t)count * sizeof(*entries));
     int ret = ioctl(vm_fd, KVM_SET_GSI_ROUTING, r);
     free(r);
     return ret;

@@ -153,8 +153,13 @@ public final class PhysicalMemory: GuestMemory {
     public func withBytes<R>(at address: UInt64, length: Int, forWriting: Bool,
                              _ body: (UnsafeMutableRawBufferPointer) -> R) throws(GuestMemoryError) -> R {
         guard length >= 0, length <= 1 << 40 else { throw GuestMemoryError(.tooLarge, address: address, length: length) }
+        // A plain index loop: `first(where:)` is unspecialised in debug builds and boxes the
+        // Region on the heap, which would make every DMA access allocate there.
         let found = regions.withLock { list -> Region? in
-            list.first { address >= $0.guestAddress && address - $0.guestAddress < $0.size }
+            for i in list.indices where address >= list[i].guestAddress && address - list[i].guestAddress < list[i].size {
+                return list[i]
+            }
+            return nil
         }
         guard let region = found, UInt64(length) <= region.size - (address - region.guestAddress) else {
             throw GuestMemoryError(.unmapped, address: address, length: length)

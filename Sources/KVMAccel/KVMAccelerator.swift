@@ -49,7 +49,9 @@ public final class KVMAccelerator: Accelerator, InterruptSink, @unchecked Sendab
         var identity = Self.identityMapBase
         guard kvmIoctl(vmFD, sdm_KVM_SET_IDENTITY_MAP_ADDR(), &identity) == 0 else { throw KVMError("KVM_SET_IDENTITY_MAP_ADDR") }
         guard sdm_ioctl_int(vmFD, sdm_KVM_CREATE_IRQCHIP(), 0) == 0 else { throw KVMError("KVM_CREATE_IRQCHIP") }
-        try Self.routePCInterrupts(vmFD)
+        guard sdm_kvm_set_gsi_routing(vmFD, Self.pcRoutes, Int32(Self.pcRoutes.count)) == 0 else {
+            throw KVMError("KVM_SET_GSI_ROUTING")
+        }
         var pit = kvm_pit_config()
         pit.flags = UInt32(KVM_PIT_SPEAKER_DUMMY)
         guard kvmIoctl(vmFD, sdm_KVM_CREATE_PIT2(), &pit) == 0 else { throw KVMError("KVM_CREATE_PIT2") }
@@ -73,12 +75,15 @@ public final class KVMAccelerator: Accelerator, InterruptSink, @unchecked Sendab
     /// The PC's wiring, as QEMU programs it: ISA IRQs 0-15 reach the PICs (except 2, the
     /// cascade) and the IOAPIC pin of the same number, except that IRQ0 (the PIT) is wired to
     /// IOAPIC pin 2 as the ACPI interrupt-source override says; GSIs 16-23 are IOAPIC-only.
-    static func routePCInterrupts(_ vmFD: Int32) throws(KVMError) {
-        var gsi: [UInt32] = [], chip: [UInt32] = [], pin: [UInt32] = []
-        func route(_ g: UInt32, _ c: Int32, _ p: UInt32) {
-            gsi.append(g)
-            chip.append(UInt32(c))
-            pin.append(p)
+    static let pcRoutes: [kvm_irq_routing_entry] = {
+        var routes: [kvm_irq_routing_entry] = []
+        func route(_ gsi: UInt32, _ chip: Int32, _ pin: UInt32) {
+            var entry = kvm_irq_routing_entry()
+            entry.gsi = gsi
+            entry.type = UInt32(KVM_IRQ_ROUTING_IRQCHIP)
+            entry.u.irqchip.irqchip = UInt32(chip)
+            entry.u.irqchip.pin = pin
+            routes.append(entry)
         }
         for irq: UInt32 in 0..<16 where irq != 2 {
             route(irq, irq < 8 ? KVM_IRQCHIP_PIC_MASTER : KVM_IRQCHIP_PIC_SLAVE, irq % 8)
@@ -86,9 +91,39 @@ public final class KVMAccelerator: Accelerator, InterruptSink, @unchecked Sendab
         for line: UInt32 in 0..<24 where line != 2 {
             route(line, KVM_IRQCHIP_IOAPIC, line == 0 ? 2 : line)
         }
-        guard sdm_kvm_set_irqchip_routing(vmFD, gsi, chip, pin, Int32(gsi.count)) == 0 else {
-            throw KVMError("KVM_SET_GSI_ROUTING")
+        return routes
+    }()
+
+    /// GSIs above the IOAPIC's carry MSI routes for irqfds (`KVMNotifications`).
+    static let firstMSIGSI: UInt32 = 24
+    private let msiRoutes = Mutex<[UInt32: MSIMessage]>([:])
+
+    /// Installs the PC routes plus every MSI route (KVM replaces the whole table each time).
+    private func installRoutes(_ msi: [UInt32: MSIMessage]) throws(KVMError) {
+        var routes = Self.pcRoutes
+        for (gsi, message) in msi.sorted(by: { $0.key < $1.key }) {
+            var entry = kvm_irq_routing_entry()
+            entry.gsi = gsi
+            entry.type = UInt32(KVM_IRQ_ROUTING_MSI)
+            entry.u.msi.address_lo = UInt32(truncatingIfNeeded: message.address)
+            entry.u.msi.address_hi = UInt32(truncatingIfNeeded: message.address >> 32)
+            entry.u.msi.data = message.data
+            routes.append(entry)
         }
+        guard sdm_kvm_set_gsi_routing(vmFD, routes, Int32(routes.count)) == 0 else { throw KVMError("KVM_SET_GSI_ROUTING") }
+    }
+
+    /// Points `gsi` (from `firstMSIGSI`) at `message`.
+    func routeMSI(gsi: UInt32, to message: MSIMessage) throws(KVMError) {
+        let failure: KVMError? = msiRoutes.withLock { routes in
+            routes[gsi] = message
+            do throws(KVMError) { try installRoutes(routes) } catch {
+                routes[gsi] = nil
+                return error
+            }
+            return nil
+        }
+        if let failure { throw failure }
     }
 
     deinit {

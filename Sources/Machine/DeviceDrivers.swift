@@ -10,6 +10,7 @@ struct DeviceContext {
     let router: InterruptRouter
     let memory: any GuestMemory
     let poster: any BlockCompletionPoster
+    let notifications: any NotificationProvider
     let onDebugExit: (Int32) -> Void
     var created: [AnyObject] = []
     /// The IDE slots `ide-hd`/`ide-cd` fill (the controller is built after `-device`).
@@ -62,6 +63,11 @@ struct DeviceDriver: Sendable {
         DeviceDriver(name: "ide-cd", bus: "IDE", help: "virtual IDE CD-ROM (drive=ID of an if=none -drive, or empty)") {
             list, context throws(ConfigError) in
             try attachIDEDevice(kind: .cdrom, list: &list, id: context.deviceID, context: &context)
+        },
+        DeviceDriver(name: "virtio-blk-pci", bus: "PCI",
+                     help: "virtio block device (drive=ID of an if=none -drive, serial, disable-legacy, disable-modern, bootindex)") {
+            list, context throws(ConfigError) in
+            try attachVirtioBlk(list: &list, context: &context)
         },
     ]
 

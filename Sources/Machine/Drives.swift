@@ -8,9 +8,10 @@ import Glibc
 #endif
 
 /// One `-drive` (or `-hda`..`-hdd`, `-cdrom`), validated for form. The image is opened when the
-/// drive is attached: `if=ide` drives at machine assembly, `if=none` ones by `-device ide-hd/cd`.
+/// drive is attached: `if=ide` drives at machine assembly, `if=virtio` ones after `-device`,
+/// `if=none` ones by `-device ide-hd/ide-cd/virtio-blk-pci`.
 struct DriveSpec {
-    enum Interface: String { case ide, none }
+    enum Interface: String { case ide, none, virtio }
     let text: String
     let option: String
     var id: String?
@@ -35,7 +36,7 @@ struct DriveSpec {
         if file?.isEmpty == true { file = nil }
         let interfaceName = list.take("if") ?? "ide"
         guard let interface = Interface(rawValue: interfaceName) else {
-            throw fail("unsupported interface '\(interfaceName)' (ide or none; AHCI and virtio are separate devices)")
+            throw fail("unsupported interface '\(interfaceName)' (ide, virtio or none)")
         }
         self.interface = interface
         index = try list.takeUInt("index", max: 3).map(Int.init)
@@ -60,8 +61,9 @@ struct DriveSpec {
         readOnly = readonly ?? readOnlyAlias ?? false
         locking = try list.takeBool("file.locking") ?? true
         // Accepted for compatibility; they change nothing here (errors always reach the guest,
-        // I/O always runs on the worker pool, discard requests are not issued by IDE).
-        for key in ["discard", "aio", "werror", "rerror", "detect-zeroes", "serial"] { _ = list.take(key) }
+        // I/O always runs on the worker pool, discard requests are always passed on). `serial`
+        // and `addr` are read again by if=virtio's device.
+        for key in ["discard", "aio", "werror", "rerror", "detect-zeroes", "serial", "addr"] { _ = list.take(key) }
         if let snapshot = try list.takeBool("snapshot"), snapshot { throw fail("snapshot=on is not supported") }
         try list.rejectUnknown()
         if kind == .cdrom { readOnly = true }
@@ -99,20 +101,33 @@ struct BootEntry {
     let path: String
 }
 
-/// The IDE slots being filled while the machine assembles: -drive if=ide first, then
-/// -device ide-hd/ide-cd (which take if=none drives by id).
+/// The drives being placed while the machine assembles: -drive if=ide first, then -device
+/// ide-hd/ide-cd/virtio-blk-pci (which take if=none drives by id), then the if=virtio drives.
 final class IDEAssembly {
     var slots = [[ATADrive?]](repeating: [nil, nil], count: 2)
     var unnamedDrives: [String: DriveSpec] = [:]
     var usedDrives: Set<String> = []
+    /// `-drive if=virtio`, each becoming a virtio-blk-pci function after the `-device`s.
+    var virtioDrives: [DriveSpec] = []
     var serialCounter = 0
-    /// `bootindex=` of ide-hd/ide-cd devices and their firmware device paths.
-    var bootIndices: [(index: Int, path: String)] = []
+    /// `bootindex=` of the disk devices, with the device path SeaBIOS matches.
+    private(set) var bootEntries: [BootEntry] = []
 
-    /// fw_cfg "bootorder" entries in SeaBIOS's (and QEMU's) device-path syntax.
-    var bootEntries: [BootEntry] {
-        bootIndices.map { BootEntry(index: $0.index, path: $0.path) }
+    /// Records a `bootindex=`; each index names one device.
+    func addBootEntry(index: Int, path: String) -> Bool {
+        guard !bootEntries.contains(where: { $0.index == index }) else { return false }
+        bootEntries.append(BootEntry(index: index, path: path))
+        return true
     }
+
+    /// The `if=none` drive `id` names, marked used so no second device takes it.
+    func claimDrive(_ id: String) throws(DriveClaimError) -> DriveSpec {
+        guard let spec = unnamedDrives[id] else { throw .notFound }
+        guard usedDrives.insert(id).inserted else { throw .inUse }
+        return spec
+    }
+
+    enum DriveClaimError: Error { case notFound, inUse }
 
     func serial() -> String {
         serialCounter += 1
@@ -133,6 +148,11 @@ extension PCMachine {
         var nextIndex = 0
         for list in config.drives {
             let spec = try DriveSpec(list)
+            if spec.interface == .virtio {
+                guard spec.kind == .disk else { throw MachineError("\(spec.option) \(spec.text): virtio drives are disks (media=disk)") }
+                assembly.virtioDrives.append(spec)
+                continue
+            }
             if spec.interface == .none {
                 guard let id = spec.id else { throw MachineError("\(spec.option) \(spec.text): if=none needs id=") }
                 guard assembly.unnamedDrives[id] == nil else { throw MachineError("\(spec.option) \(spec.text): duplicate drive id '\(id)'") }
@@ -216,9 +236,15 @@ extension PCMachine {
         blockDrives.first { $0.id == name || $0.qdevID == name }
     }
 
+    /// What query-block and query-blockstats report: IDE drives, then virtio disks.
+    var blockDeviceInfos: [BlockDeviceInfo] {
+        blockDrives.map(\.info) + virtioDisks.map(\.info)
+    }
+
     /// Writes back and closes every image (at exit).
     func closeBlockDrives() {
         for drive in blockDrives { drive.removeMedium() }
+        for disk in virtioDisks { try? disk.medium.close() }
     }
 }
 
@@ -278,8 +304,11 @@ func attachIDEDevice(kind: ATADrive.Kind, list: inout OptionList, id: String?, c
     var readOnly = kind == .cdrom
     var name = id ?? defaultName
     if let driveID {
-        guard var spec = assembly.unnamedDrives[driveID] else { throw fail("Property 'ide-\(kindName).drive' can't find value '\(driveID)'") }
-        guard assembly.usedDrives.insert(driveID).inserted else { throw fail("drive '\(driveID)' is already in use") }
+        var spec: DriveSpec
+        do { spec = try assembly.claimDrive(driveID) } catch {
+            throw fail(error == .notFound ? "Property 'ide-\(kindName).drive' can't find value '\(driveID)'"
+                                          : "drive '\(driveID)' is already in use")
+        }
         if kind == .cdrom { spec.readOnly = true } else if spec.readOnly { throw fail("Can't use a read-only drive") }
         spec.kind = kind
         readOnly = spec.readOnly
@@ -289,8 +318,7 @@ func attachIDEDevice(kind: ATADrive.Kind, list: inout OptionList, id: String?, c
         throw fail("drive property not set")
     }
     if let bootIndex {
-        guard !assembly.bootIndices.contains(where: { $0.index == bootIndex }) else { throw fail("bootindex \(bootIndex) is used twice") }
-        assembly.bootIndices.append((bootIndex, bootPath))
+        guard assembly.addBootEntry(index: bootIndex, path: bootPath) else { throw fail("bootindex \(bootIndex) is used twice") }
     }
     let drive = ATADrive(kind: kind, medium: medium, id: name, qdevID: id, serial: serial ?? assembly.serial(), readOnly: readOnly)
     if let (controller, port) = ahciPort {
@@ -353,8 +381,7 @@ extension PCMachine {
 
     /// query-block's entries, in QEMU's shape.
     var blockQueryEntries: [JSONValue] {
-        blockDrives.map { drive in
-            let info = drive.info
+        blockDeviceInfos.map { info in
             var entry = JSONObject([("device", .string(info.id)), ("qdev", .string(info.qdevID ?? info.id)),
                                     ("locked", .bool(info.locked)), ("removable", .bool(info.removable))])
             if let open = info.trayOpen { entry["tray_open"] = .bool(open) }
@@ -377,8 +404,8 @@ extension PCMachine {
 
     /// query-blockstats' entries with the drives' counters.
     var blockStatsEntries: [JSONValue] {
-        blockDrives.map { drive in
-            let s = drive.stats
+        blockDeviceInfos.map { info in
+            let s = info.stats
             let stats = JSONObject([
                 ("rd_bytes", .int(s.readBytes)), ("wr_bytes", .int(s.writtenBytes)),
                 ("rd_operations", .int(s.readOperations)), ("wr_operations", .int(s.writeOperations)),
@@ -393,7 +420,7 @@ extension PCMachine {
                 ("failed_unmap_operations", 0), ("invalid_unmap_operations", 0),
                 ("account_invalid", true), ("account_failed", true), ("timed_stats", []),
             ])
-            return .object(JSONObject([("device", .string(drive.id)), ("qdev", .string(drive.qdevID ?? drive.id)),
+            return .object(JSONObject([("device", .string(info.id)), ("qdev", .string(info.qdevID ?? info.id)),
                                        ("stats", .object(stats))]))
         }
     }

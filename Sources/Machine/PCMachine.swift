@@ -36,6 +36,9 @@ public final class PCMachine: @unchecked Sendable {
     let accelerator: any Accelerator
     /// The Xen side (accelerator, xenstore, domain) when the machine serves a Xen domain.
     let xen: XenDomainLink?
+    /// Virtio's doorbells and MSIs: ioeventfd/irqfd on KVM, plain exits and the interrupt sink
+    /// otherwise (Xen). Devices see only this seam.
+    let notifications: any NotificationProvider
     let events: MachineEvents
     public internal(set) var runState: RunState
     /// Devices in the order their state is saved and they are reset.
@@ -113,6 +116,7 @@ public final class PCMachine: @unchecked Sendable {
             bios.load(biosBytes, at: 0)
             memory = PhysicalMemory(regions: layout.regions(ram: ram, bios: bios, pam: hostBridge.pamModes))
             accelerator = kvm
+            notifications = KVMNotifications(accelerator: kvm, loop: loop)
             xen = nil
             kvmMemory = (kvm, layout, ram, bios)
         case .xen(let domain, _):
@@ -131,10 +135,12 @@ public final class PCMachine: @unchecked Sendable {
             }
             memory = link.accelerator.mapCache
             accelerator = link.accelerator
+            notifications = ExitNotifications(sink: link.accelerator.interrupts)
             xen = link
         case .none:
             memory = PhysicalMemory(regions: [])
             accelerator = NoAccelerator()
+            notifications = ExitNotifications(sink: accelerator.interrupts)
             xen = nil
         }
 

@@ -127,6 +127,7 @@ extension PCMachine {
     /// `-device` entries, through the driver table.
     func assembleDevices(router: InterruptRouter, ide: IDEAssembly? = nil) throws {
         var context = DeviceContext(ports: ports, mmio: mmio, pci: pci, router: router, memory: memory, poster: loop,
+                                    notifications: notifications,
                                     onDebugExit: { [weak self] status in self?.requestExit(status: status) })
         context.ide = ide
         for var list in config.devices {
@@ -145,6 +146,7 @@ extension PCMachine {
             try driver.build(&list, &context)
             try list.rejectUnknown()
         }
+        if let ide { try plugVirtioDrives(ide, context: &context) }
         append(devices: context.created)
     }
 

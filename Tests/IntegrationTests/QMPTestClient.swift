@@ -196,6 +196,17 @@ final class QMPVM {
 
     func client(_ path: String? = nil) throws -> QMPTestClient { try QMPTestClient(path: path ?? socketPath) }
 
+    /// libxl's save: `stop`, `xen-save-devices-state` into this VM's directory, `quit`; returns
+    /// the saved stream once the process exited 0.
+    func saveStateAndQuit(_ client: QMPTestClient, file: StaticString = #filePath, line: UInt = #line) throws -> Data {
+        let path = directory.appendingPathComponent("saved.bin").path
+        XCTAssertNotNil(try client.execute("stop")["return"], file: file, line: line)
+        XCTAssertNotNil(try client.execute("xen-save-devices-state", ["filename": path])["return"], file: file, line: line)
+        XCTAssertNotNil(try client.execute("quit")["return"], file: file, line: line)
+        XCTAssertEqual(waitForExit(), 0, file: file, line: line)
+        return try Data(contentsOf: URL(fileURLWithPath: path))
+    }
+
     func waitForExit(timeout: TimeInterval = 20) -> Int32? {
         let deadline = Date().addingTimeInterval(timeout)
         while process.isRunning && Date() < deadline { usleep(20_000) }

@@ -156,12 +156,7 @@ final class QMPTests: XCTestCase {
         let source = try QMPVM(QMPVM.guestArguments)
         let client = try source.client()
         try client.negotiate()
-        let path = source.directory.appendingPathComponent("saved.bin").path
-        XCTAssertNotNil(try client.execute("stop")["return"])
-        XCTAssertNotNil(try client.execute("xen-save-devices-state", ["filename": path])["return"])
-        XCTAssertNotNil(try client.execute("quit")["return"])
-        XCTAssertEqual(source.waitForExit(), 0)
-        let saved = try Data(contentsOf: URL(fileURLWithPath: path))
+        let saved = try source.saveStateAndQuit(client)
 
         let copy = "/tmp/swiftdm-incoming-\(getpid()).bin"
         try saved.write(to: URL(fileURLWithPath: copy))

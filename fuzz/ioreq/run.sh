@@ -10,10 +10,7 @@ SWIFTC=${SWIFTC:-swiftc}
 FLAGS="-sanitize=fuzzer,address -parse-as-library -O -g -swift-version 6"
 INC="-I $ROOT/Sources/CLinux/include -I $ROOT/Sources/CXen/include -I $OUT"
 mkdir -p "$OUT" "$OUT/corpus"
-clang -c -O1 -g -fsanitize=fuzzer-no-link,address -I "$ROOT/Sources/CLinux/include" \
-    "$ROOT/Sources/CLinux/clinux.c" -o "$OUT/clinux.o"
-$SWIFTC $FLAGS $INC -module-name DMCore -emit-module -emit-module-path "$OUT/DMCore.swiftmodule" \
-    -wmo -c "$ROOT"/Sources/DMCore/*.swift -o "$OUT/DMCore.o"
+. "$ROOT/fuzz/dmcore.sh"
 $SWIFTC $FLAGS $INC -module-name XenAccel -emit-module -emit-module-path "$OUT/XenAccel.swiftmodule" \
     -wmo -c "$ROOT"/Sources/XenAccel/*.swift -o "$OUT/XenAccel.o"
 $SWIFTC $FLAGS $INC -module-name IoreqFuzz "$ROOT/fuzz/ioreq/IoreqFuzz.swift" \

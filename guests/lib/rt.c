@@ -22,6 +22,13 @@ int memcmp(const void *a, const void *b, size_t n)
     return 0;
 }
 size_t strlen(const char *s) { size_t n = 0; while (s[n]) n++; return n; }
+
+int pattern_sector_ok(const u8 *p, u32 n)
+{
+    if (*(const u32 *)p != n) return 0;
+    for (u32 i = 4; i < 512; i++) if (p[i] != (u8)n) return 0;
+    return 1;
+}
 int strncmp(const char *a, const char *b, size_t n)
 {
     for (; n; n--, a++, b++) {

@@ -78,6 +78,9 @@ void __attribute__((noreturn)) fatal(const char *fmt, ...) __attribute__((format
 #define DEBUG_EXIT_PORT 0xF4
 void __attribute__((noreturn)) debug_exit(u8 code);
 
+/* The test disks' pattern: sector n starts with n (LE32) and is filled with n's low byte. */
+int pattern_sector_ok(const u8 *p, u32 n);
+
 /* ---- timing: TSC based, no calibration needed for watchdogs ---- */
 /* true when `cycles` TSC ticks have passed since `start` */
 static inline int tsc_elapsed(u64 start, u64 cycles) { return rdtsc() - start >= cycles; }

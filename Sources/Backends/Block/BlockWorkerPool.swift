@@ -10,9 +10,16 @@ public final class BlockWorkerPool: @unchecked Sendable {
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
     private let notEmpty: UnsafeMutablePointer<pthread_cond_t>
     private let notFull: UnsafeMutablePointer<pthread_cond_t>
-    // Guarded by `mutex`.
-    private var queue: [(@Sendable () -> Void)?] = []
+    /// A closure wrapped in a struct: stored at its own abstraction level, so queueing it needs
+    /// no reabstraction thunk (a heap allocation per request in unoptimised builds).
+    private struct Work {
+        let run: @Sendable () -> Void
+    }
+    // Guarded by `mutex`. A ring of `capacity` slots, allocated on first use, so a steady
+    // stream of requests allocates nothing here.
+    private var ring: [Work?] = []
     private var head = 0
+    private var pending = 0
     private var started = false
     private var stopping = false
     private var threads: [pthread_t] = []
@@ -38,8 +45,6 @@ public final class BlockWorkerPool: @unchecked Sendable {
         notFull.deallocate()
     }
 
-    private var pending: Int { queue.count - head }
-
     func enqueue(_ work: @escaping @Sendable () -> Void) {
         pthread_mutex_lock(mutex)
         if !started { startThreads() }
@@ -49,7 +54,9 @@ public final class BlockWorkerPool: @unchecked Sendable {
             work()  // after shutdown, run inline rather than lose the completion
             return
         }
-        queue.append(work)
+        if ring.isEmpty { ring = [Work?](repeating: nil, count: capacity) }
+        ring[(head + pending) % capacity] = Work(run: work)
+        pending += 1
         pthread_cond_signal(notEmpty)
         pthread_mutex_unlock(mutex)
     }
@@ -81,16 +88,13 @@ public final class BlockWorkerPool: @unchecked Sendable {
                 pthread_mutex_unlock(mutex)
                 return
             }
-            let work = queue[head]
-            queue[head] = nil
-            head += 1
-            if head > 1024 && head * 2 > queue.count {
-                queue.removeFirst(head)
-                head = 0
-            }
+            let work = ring[head]
+            ring[head] = nil
+            head = (head + 1) % capacity
+            pending -= 1
             pthread_cond_signal(notFull)
             pthread_mutex_unlock(mutex)
-            work?()
+            work?.run()
         }
     }
 

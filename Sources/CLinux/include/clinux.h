@@ -40,6 +40,8 @@ unsigned long sdm_KVM_GET_IRQCHIP(void);
 unsigned long sdm_KVM_SET_IRQCHIP(void);
 unsigned long sdm_KVM_GET_PIT2(void);
 unsigned long sdm_KVM_SET_PIT2(void);
+unsigned long sdm_KVM_IOEVENTFD(void);
+unsigned long sdm_KVM_IRQFD(void);
 
 int sdm_ioctl(int fd, unsigned long request, void *arg);
 int sdm_ioctl_int(int fd, unsigned long request, unsigned long arg);
@@ -50,8 +52,8 @@ int sdm_kvm_set_cpuid(int vcpu_fd, const struct kvm_cpuid_entry2 *entries, int c
 // MSRs: same reason (struct kvm_msrs ends in a flexible array).
 int sdm_kvm_set_msrs(int vcpu_fd, const uint32_t *indices, const uint64_t *values, int count);
 
-// KVM_SET_GSI_ROUTING with irqchip routes only: GSI -> (chip, pin) for each entry.
-int sdm_kvm_set_irqchip_routing(int vm_fd, const uint32_t *gsi, const uint32_t *chip, const uint32_t *pin, int count);
+// KVM_SET_GSI_ROUTING: struct kvm_irq_routing ends in a flexible array of these entries.
+int sdm_kvm_set_gsi_routing(int vm_fd, const struct kvm_irq_routing_entry *entries, int count);
 
 // struct kvm_run's exit payloads live in an anonymous union.
 struct sdm_io_exit { uint8_t direction; uint8_t size; uint16_t port; uint32_t count; uint64_t data_offset; };

@@ -35,49 +35,54 @@ extension BlockBackend {
 
     private func transferGuest(_ memory: any GuestMemory, segments: [GuestSegment], at offset: UInt64, writing: Bool,
                                on loop: EventLoop, completion: @escaping @Sendable (Result<Void, BlockError>) -> Void) {
+        submitWork { [self] in
+            let result = transferGuest(memory, segments: segments, at: offset, writing: writing)
+            loop.post { completion(result) }
+        }
+    }
+
+    /// The worker side of a guest transfer, for devices that schedule their own work (virtio-blk
+    /// keeps one preallocated request per descriptor chain): validates the whole request, then
+    /// moves each segment between the image and guest memory through `GuestMemory.withBytes`.
+    /// Blocks on I/O; allocates nothing.
+    public func transferGuest(_ memory: any GuestMemory, segments: [GuestSegment], at offset: UInt64,
+                              writing: Bool) -> Result<Void, BlockError> {
+        // Index loops: element iteration is unspecialised (and allocates) in debug builds.
         var total: UInt64 = 0
-        for segment in segments {
-            guard segment.length >= 0, let sum = checkedAdd(total, UInt64(segment.length)) else {
-                loop.post { completion(.failure(.invalidArgument("bad scatter/gather list"))) }
-                return
+        for i in segments.indices {
+            guard segments[i].length >= 0, let sum = checkedAdd(total, UInt64(segments[i].length)) else {
+                return .failure(.invalidArgument("bad scatter/gather list"))
             }
             total = sum
         }
         do throws(BlockError) {
             try validate(offset: offset, length: total, writing: writing)
         } catch {
-            loop.post { completion(.failure(error)) }
-            return
+            return .failure(error)
         }
-        submitWork { [self] in
-            var position = offset
-            var outcome: Result<Void, BlockError> = .success(())
-            for segment in segments where segment.length > 0 {
-                let result: Result<Void, BlockError>
-                do {
-                    result = try memory.withBytes(at: segment.address, length: segment.length, forWriting: !writing) { host in
-                        do throws(BlockError) {
-                            if writing {
-                                try driver.write(from: UnsafeRawBufferPointer(host), at: position)
-                            } else {
-                                try driver.read(into: host, at: position)
-                            }
-                            return .success(())
-                        } catch {
-                            return .failure(error)
+        var position = offset
+        for i in segments.indices where segments[i].length > 0 {
+            let segment = segments[i]
+            let result: Result<Void, BlockError>
+            do {
+                result = try memory.withBytes(at: segment.address, length: segment.length, forWriting: !writing) { host in
+                    do throws(BlockError) {
+                        if writing {
+                            try driver.write(from: UnsafeRawBufferPointer(host), at: position)
+                        } else {
+                            try driver.read(into: host, at: position)
                         }
+                        return .success(())
+                    } catch {
+                        return .failure(error)
                     }
-                } catch {
-                    result = .failure(.invalidArgument("DMA to \(error)"))
                 }
-                if case .failure = result {
-                    outcome = result
-                    break
-                }
-                position += UInt64(segment.length)
+            } catch {
+                result = .failure(.invalidArgument("DMA to \(error)"))
             }
-            let final = outcome
-            loop.post { completion(final) }
+            if case .failure = result { return result }
+            position += UInt64(segment.length)
         }
+        return .success(())
     }
 }
