@@ -2,14 +2,6 @@ import XCTest
 @testable import Config
 
 final class CommandLineParserTests: XCTestCase {
-    func config(_ arguments: [String]) throws -> VMConfig {
-        guard case .run(let config) = try CommandLineParser.parse(arguments) else {
-            XCTFail("expected a run action")
-            return VMConfig()
-        }
-        return config
-    }
-
     func testTheIssuesCommandLine() throws {
         let c = try config(["-M", "pc", "-m", "64", "-nodefaults", "-nographic", "-serial", "stdio"])
         XCTAssertEqual(c.machineType, "pc")

@@ -2,11 +2,6 @@ import XCTest
 @testable import Config
 
 final class MonitorOptionTests: XCTestCase {
-    func config(_ arguments: [String]) throws -> VMConfig {
-        guard case .run(let config) = try CommandLineParser.parse(arguments) else { return VMConfig() }
-        return config
-    }
-
     func testLibxlsMonitorsAndRestore() throws {
         let c = try config(["-chardev", "socket,id=libxl-cmd,path=/var/run/xen/qmp-libxl-5,server=on,wait=off",
                             "-mon", "chardev=libxl-cmd,mode=control", "-qmp", "unix:/tmp/q,server=on,wait=off",

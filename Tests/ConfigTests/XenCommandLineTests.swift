@@ -3,14 +3,6 @@ import XCTest
 
 /// The command lines libxl builds (xen-contract.md §A.2), as captured from a real Xen 4.17.
 final class XenCommandLineTests: XCTestCase {
-    func config(_ arguments: [String]) throws -> VMConfig {
-        guard case .run(let config) = try CommandLineParser.parse(arguments) else {
-            XCTFail("expected a run")
-            return VMConfig()
-        }
-        return config
-    }
-
     func testHVMLinuxArgvFromTheLab() throws {
         // dm-023207-pid1328.argv: direct kernel boot, an rtl8139 on a tap, cirrus VGA.
         let c = try config(["-xen-domid", "6", "-no-shutdown",
