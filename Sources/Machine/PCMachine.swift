@@ -185,9 +185,8 @@ public final class PCMachine: @unchecked Sendable {
         }
     }
 
-    /// i440FX, PIIX3 and PIIX4 PM. On KVM the PIIX3 routes PCI interrupts and 0xCF8/0xCFC is
-    /// ours; under Xen the hypervisor's own PIIX3 model routes INTx (we mirror link routes to
-    /// it) and delivers configuration cycles as ioreqs, so only 0xCF9 is registered.
+    /// i440FX, PIIX3 and PIIX4 PM. On KVM the PIIX3 routes PCI interrupts; under Xen the
+    /// hypervisor's own PIIX3 model routes INTx (we mirror link routes to it).
     private func assembleChipset(hostBridge: I440FXHostBridge, router: InterruptRouter) throws {
         let isaBridge = PIIX3ISABridge(router: router)
         let power = PIIX4PowerManagement(sci: router.line(gsi: 9), timers: loop)
@@ -197,20 +196,20 @@ public final class PCMachine: @unchecked Sendable {
         try ports.register(power, base: PIIX4PowerManagement.apmPorts.lowerBound,
                            length: UInt64(PIIX4PowerManagement.apmPorts.count), region: PIIX4PowerManagement.apmRegion,
                            name: "APM control/status")
-        var chipset: [AnyObject] = [hostBridge, isaBridge, power]
+        // Under Xen too: Xen turns 0xCFC cycles of functions we claimed into PCI_CONFIG
+        // ioreqs, but passes reads of 0xCF8 through, and Linux's probe for configuration
+        // mechanism #1 reads back what it wrote there ("No config space access function" else).
+        let configPorts = PCIHostBridgeConfigPorts(bus: pci)
+        configPorts.resetControl = isaBridge.resetControlRegister
+        try ports.register(configPorts, base: 0xCF8, length: 8, name: "PCI config")
         if let xen {
             let sink = xen.accelerator.sink
             pci.intxRouter = xen.intxRouter
             isaBridge.onLinkRouteChange = { link, irq in sink.setPCILinkRoute(link: UInt8(link), routeRegister: irq ?? 0x80) }
-            try ports.register(isaBridge.resetControlRegister, base: 0xCF9, length: 1, name: "PIIX3 reset control")
         } else {
-            let configPorts = PCIHostBridgeConfigPorts(bus: pci)
-            configPorts.resetControl = isaBridge.resetControlRegister
             pci.intxRouter = isaBridge
-            try ports.register(configPorts, base: 0xCF8, length: 8, name: "PCI config")
-            chipset.insert(configPorts, at: 0)
         }
-        devices = chipset
+        devices = [configPorts, hostBridge, isaBridge, power]
         let events = events
         isaBridge.onResetRequest = { events.resetRequested(cause: .guestReset) }
         power.onSleepRequest = { type in

@@ -125,9 +125,8 @@ public final class XenAccelerator: Accelerator, @unchecked Sendable {
 /// §A.5.5): the PICs, PIT, speaker port, ELCR, the ACPI PM1a event and timer blocks hvmloader
 /// places at 0x1F40, and the HPET, IOAPIC and LAPIC windows. The RTC ports are claimed, as
 /// QEMU claims them: Xen's RTC serves CMOS indexes 0x00-0x0D and forwards the rest (the CMOS
-/// RAM hvmloader and SeaBIOS use) to the device model. PCI configuration
-/// cycles arrive as PCI_CONFIG ioreqs for the functions we claim, so the machine registers no
-/// 0xCF8/0xCFC ports under Xen; 0xCF9 (PIIX3 reset control) and PM1a control stay ours.
+/// RAM hvmloader and SeaBIOS use) to the device model. 0xCF8-0xCFF is claimed too: Xen records
+/// 0xCF8 writes but passes reads through; PM1a control stays ours.
 public enum XenOwnedRanges {
     public static let ports: [ClosedRange<UInt64>] = [
         0x20...0x21, 0x40...0x43, 0x61...0x61, 0xA0...0xA1, 0x4D0...0x4D1,
