@@ -16,6 +16,7 @@ scenario() {
     || fail "the guest does not see the Xen platform PCI device 5853:0001: $(grep LAB-PCI "$OUT/guest-markers.txt")"
   # `poweroff -f` in the guest: ACPI S5 through the DM's PIIX4 PM; on_poweroff=destroy ends it.
   local t1; t1=$(now)
+  DMPID=  # the device model is meant to end now (libxl ends it with the domain)
   printf 'poweroff -f\r' | timeout 15 socat -t 3 - "UNIX-CONNECT:$RUN/hvm-linux-com1.sock" > /dev/null 2>&1
   wait_until "the domain to end after 'poweroff -f' in the guest" 240 sh -c '! xl domid hvm-linux > /dev/null 2>&1'
   metric poweroff_s "$(elapsed "$t1")"
