@@ -75,8 +75,9 @@ public final class PCMachine: @unchecked Sendable {
             }
         }
 
-        // Direct kernel boot: read and check the files before the VM exists. Under Xen low RAM
-        // ends at max-ram-below-4g (QEMU's xen_ram_init; 0xF0000000 unless libxl says).
+        // Where RAM splits at the PCI hole (the CMOS memory sizes and the kernel's placement use
+        // it). Under Xen low RAM ends at max-ram-below-4g (QEMU's xen_ram_init; 0xF0000000
+        // unless libxl says). Direct kernel boot reads and checks its files before the VM exists.
         let lowRAM: UInt64
         if case .xen = platform {
             lowRAM = min(config.memoryBytes, maxBelowFourGiB ?? 0xF000_0000)
@@ -97,7 +98,7 @@ public final class PCMachine: @unchecked Sendable {
 
         // The accelerator and guest memory: ours on KVM, Xen's (through the mapcache) under Xen.
         let hostBridge = I440FXHostBridge()
-        var kvmMemory: (KVMAccelerator, PCMemoryLayout, HostMemory, HostMemory)?
+        var kvmMemory: KVMMemory?
         switch platform {
         case .kvm:
             let biosPath: String
@@ -114,11 +115,12 @@ public final class PCMachine: @unchecked Sendable {
                 throw MachineError("\(error)")
             }
             bios.load(biosBytes, at: 0)
-            memory = PhysicalMemory(regions: layout.regions(ram: ram, bios: bios, pam: hostBridge.pamModes))
+            let physical = PhysicalMemory(regions: layout.regions(ram: ram, bios: bios, pam: hostBridge.pamModes))
+            memory = physical
             accelerator = kvm
             notifications = KVMNotifications(accelerator: kvm, loop: loop)
             xen = nil
-            kvmMemory = (kvm, layout, ram, bios)
+            kvmMemory = KVMMemory(accelerator: kvm, layout: layout, ram: ram, bios: bios, memory: physical)
         case .xen(let domain, _):
             let pci = pci
             let link = try XenDomainLink(domain: domain, vcpus: config.smp.maxCPUs, dispatcher: dispatcher,
@@ -154,13 +156,10 @@ public final class PCMachine: @unchecked Sendable {
                 return
             }
             try assembleChipset(hostBridge: hostBridge, router: router)
-            if let (kvm, layout, ram, bios) = kvmMemory {
-                try mapKVMMemory(kvm, layout: layout, ram: ram, bios: bios, hostBridge: hostBridge)
-            }
+            if let kvmMemory { try mapKVMMemory(kvmMemory, hostBridge: hostBridge) }
             try assembleChardevs()
-            try assembleISA(router: router, belowFourGiB: kvmMemory?.1.belowFourGiB ?? lowRAM,
-                            aboveFourGiB: kvmMemory?.1.aboveFourGiB ?? config.memoryBytes - lowRAM)
-            let firmwareBootEntries = try assembleFirmwareConfig(layout: kvmMemory?.1, linuxBoot: linuxBoot)
+            try assembleISA(router: router, belowFourGiB: lowRAM, aboveFourGiB: config.memoryBytes - lowRAM)
+            let firmwareBootEntries = try assembleFirmwareConfig(layout: kvmMemory?.layout, linuxBoot: linuxBoot)
             let ide = try assembleIDE(router: router)
             if case .xen(_, platformDevice: true) = platform { try assembleXenPlatformDevice() }
             try assembleDevices(router: router, ide: ide)
@@ -222,10 +221,18 @@ public final class PCMachine: @unchecked Sendable {
         }
     }
 
+    /// What the KVM machine owns of guest memory: RAM, the BIOS, their layout and map.
+    private struct KVMMemory {
+        let accelerator: KVMAccelerator
+        let layout: PCMemoryLayout
+        let ram: HostMemory
+        let bios: HostMemory
+        let memory: PhysicalMemory
+    }
+
     /// KVM maps RAM and the BIOS directly; the PAM window covers what its slots cannot express.
-    private func mapKVMMemory(_ kvm: KVMAccelerator, layout: PCMemoryLayout, ram: HostMemory, bios: HostMemory,
-                              hostBridge: I440FXHostBridge) throws {
-        guard let memory = memory as? PhysicalMemory else { return }
+    private func mapKVMMemory(_ setup: KVMMemory, hostBridge: I440FXHostBridge) throws {
+        let (kvm, layout, ram, bios, memory) = (setup.accelerator, setup.layout, setup.ram, setup.bios, setup.memory)
         let window = LegacyBIOSWindow(layout: layout, ram: ram, bios: bios, pam: hostBridge.pamModes)
         do {
             try mmio.register(window, base: PCMemoryLayout.legacyWindow.lowerBound,
