@@ -83,4 +83,20 @@ public protocol Accelerator: AnyObject {
     /// Xen the toolstack destroys or rebuilds the domain, so the machine only reports it and
     /// stops serving — false when the machine must reset its devices or exit (KVM).
     func forwardPowerRequest(reboot: Bool) -> Bool
+    /// The guest entered ACPI S3 (suspend to RAM): its CPUs stop until `wake`; RAM is kept.
+    /// Main loop, no device lock.
+    func suspend() throws
+    /// Leaves S3: the CPUs start again at the reset vector, where the firmware finds the
+    /// resume code (CMOS shutdown status 0xFE) and jumps to the OS's waking vector.
+    func wake() throws
+}
+
+extension Accelerator {
+    /// Where the accelerator runs the CPUs itself (KVM): stop them, as QEMU does.
+    public func suspend() throws { pause() }
+    /// S3 loses the CPUs' and interrupt controllers' state; they come back as from power-on.
+    public func wake() throws {
+        try reset()
+        resume()
+    }
 }

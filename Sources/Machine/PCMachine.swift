@@ -20,6 +20,8 @@ import Glibc
 public final class PCMachine: @unchecked Sendable {
     public enum RunState: String, Sendable {
         case prelaunch, running, paused, shutdown
+        /// ACPI S3: the guest's CPUs are stopped, its RAM and devices kept, until `system_wakeup`.
+        case suspended
         /// `-incoming`: waiting for the device state.
         case inmigrate
         case internalError = "internal-error"
@@ -213,9 +215,10 @@ public final class PCMachine: @unchecked Sendable {
         isaBridge.onResetRequest = { events.resetRequested(cause: .guestReset) }
         power.onSleepRequest = { type in
             // SeaBIOS's, QEMU's and Xen's ACPI tables agree: SLP_TYP 0 is S5 (soft off), 1 is S3.
-            if type == 0 {
-                events.shutdownRequested(cause: .guestShutdown)
-            } else {
+            switch type {
+            case 0: events.shutdownRequested(cause: .guestShutdown)
+            case 1: events.suspendRequested()
+            default:
                 GuestErrorLog.shared.report("PIIX4-PM", "sleep type \(type) is not supported; staying awake")
             }
         }

@@ -1,4 +1,5 @@
 import DMCore
+import Devices
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -33,6 +34,11 @@ final class MachineEvents: AcceleratorEvents, @unchecked Sendable {
     func fatalError(_ message: String) {
         loop.postUnlocked { [weak self] in self?.machine?.handleFatal(message) }
     }
+
+    /// The guest asked for S3. It carries on until the main loop suspends it, as in QEMU.
+    func suspendRequested() {
+        loop.postUnlocked { [weak self] in self?.machine?.handleSuspend() }
+    }
 }
 
 extension PCMachine {
@@ -41,6 +47,9 @@ extension PCMachine {
     }
 
     var snapshottableDevices: [any Snapshottable] { devices.compactMap { $0 as? any Snapshottable } }
+
+    /// The machine's device of that type, if it has one.
+    func device<D>(_: D.Type) -> D? { devices.lazy.compactMap { $0 as? D }.first }
 
     /// Runs the guest until something ends the process; returns the exit status.
     public func run() -> Int32 {
@@ -131,6 +140,37 @@ extension PCMachine {
         } else {
             requestExit(status: 0)
         }
+    }
+
+    /// ACPI S3 (suspend to RAM). The CMOS shutdown status tells the firmware, when the CPUs
+    /// start again, to resume instead of booting (QEMU's RTC does the same on suspend).
+    func handleSuspend() {
+        guard runState == .running else { return }
+        lock.withLock { device(CMOSRTC.self)?.recordSuspendToRAM() }
+        do {
+            try accelerator.suspend()
+        } catch {
+            handleFatal("suspend to RAM failed: \(error)")
+            return
+        }
+        runState = .suspended
+        monitorEvents?.emitSuspend()
+    }
+
+    /// Leaves S3 (QMP `system_wakeup`). Devices keep their state, PCI configuration included:
+    /// the firmware's resume path does not program the chipset again, and under Xen the
+    /// toolstack's own wake-up (`xl trigger s3resume`) bypasses us anyway, so guests restore
+    /// their devices themselves. Main loop, no device lock.
+    func wake() throws(MachineError) {
+        guard runState == .suspended else { throw MachineError("Unable to wake up: guest is not in suspended state") }
+        lock.withLock { device(PIIX4PowerManagement.self)?.signalWake() }
+        do {
+            try accelerator.wake()
+        } catch {
+            throw MachineError("wake-up failed: \(error)")
+        }
+        runState = .running
+        monitorEvents?.emitWakeup()
     }
 
     func handleFatal(_ message: String) {

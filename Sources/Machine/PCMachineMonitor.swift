@@ -33,7 +33,7 @@ extension PCMachine: MonitorHost {
             // As QEMU: remember to start once the incoming state has been loaded.
             startAfterIncoming = true
             completion(.success(()))
-        case .running:
+        case .running, .suspended:
             completion(.success(()))
         case .prelaunch, .paused:
             let done = UncheckedSendable(completion)
@@ -52,8 +52,22 @@ extension PCMachine: MonitorHost {
         }
     }
 
+    public func systemWakeup(completion: @escaping (Result<Void, QMPError>) -> Void) {
+        let done = UncheckedSendable(completion)
+        loop.postUnlocked { [self] in
+            let result: Result<Void, QMPError>
+            do throws(MachineError) {
+                try wake()
+                result = .success(())
+            } catch {
+                result = .failure(.generic(error.message))
+            }
+            loop.post { done.value(result) }
+        }
+    }
+
     public func systemPowerdown() throws(QMPError) {
-        guard let power = devices.lazy.compactMap({ $0 as? PIIX4PowerManagement }).first else {
+        guard let power = device(PIIX4PowerManagement.self) else {
             throw .generic("this machine has no ACPI power button")
         }
         monitorEvents?.emitPowerdown()

@@ -19,7 +19,7 @@ public final class Monitor: MonitorEventSink {
     /// The QEMU version we speak for: libxl picks its code paths from the greeting (≥ 2.8:
     /// `eject id=`, `blockdev-change-medium`; ≥ 2.11: `xen-save-devices-state live=`).
     public static let qemuVersion = (major: 7, minor: 2, micro: 0)
-    public static let eventNames = ["SHUTDOWN", "POWERDOWN", "RESET", "STOP", "RESUME", "DEVICE_DELETED", "DEVICE_TRAY_MOVED"]
+    public static let eventNames = ["SHUTDOWN", "POWERDOWN", "RESET", "STOP", "RESUME", "SUSPEND", "WAKEUP", "DEVICE_DELETED", "DEVICE_TRAY_MOVED"]
 
     public weak var host: (any MonitorHost)?
     public let fdSets = FileDescriptorSets()

@@ -14,6 +14,8 @@ public protocol MonitorHost: AnyObject {
     func stop(completion: @escaping () -> Void)
     func cont(completion: @escaping (Result<Void, QMPError>) -> Void)
     func systemReset(completion: @escaping () -> Void)
+    /// Leaves ACPI S3; fails when the guest is not suspended.
+    func systemWakeup(completion: @escaping (Result<Void, QMPError>) -> Void)
     /// Presses the ACPI power button.
     func systemPowerdown() throws(QMPError)
     /// Ends the process after the current main-loop iteration (the reply has been sent).
@@ -131,6 +133,8 @@ extension MonitorEventSink {
     public func emitStop() { emit(event: "STOP", data: nil) }
     public func emitResume() { emit(event: "RESUME", data: nil) }
     public func emitPowerdown() { emit(event: "POWERDOWN", data: nil) }
+    public func emitSuspend() { emit(event: "SUSPEND", data: nil) }
+    public func emitWakeup() { emit(event: "WAKEUP", data: nil) }
     /// `guest` is true when the guest itself asked; `reason` is a ShutdownCause name.
     public func emitReset(guest: Bool, reason: String) {
         emit(event: "RESET", data: JSONObject([("guest", .bool(guest)), ("reason", .string(reason))]))

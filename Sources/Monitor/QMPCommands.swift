@@ -164,6 +164,10 @@ enum QMPCommands {
             let host = try context.requireHost()
             return .later { complete in host.systemReset { complete(.success(.object(JSONObject()))) } }
         },
+        QMPCommand("system_wakeup", NoArguments.self) { _, context throws(QMPError) in
+            let host = try context.requireHost()
+            return .later { complete in host.systemWakeup { result in complete(result.map { .object(JSONObject()) }) } }
+        },
         QMPCommand("system_powerdown", NoArguments.self) { _, context throws(QMPError) in
             try context.requireHost().systemPowerdown()
             return .empty

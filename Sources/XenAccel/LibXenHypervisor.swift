@@ -11,6 +11,7 @@ import Glibc
 public final class LibXenHypervisor: XenHypervisor, @unchecked Sendable {
     static let bufioreqAtomic: Int32 = 2
     static let resourceIoreqServer: UInt32 = 0
+    static let hvmParamACPISleepState: UInt32 = 14
     static let slotsPerPage = xenPageSize / Ioreq.slotSize
 
     public let domid: UInt16
@@ -25,6 +26,9 @@ public final class LibXenHypervisor: XenHypervisor, @unchecked Sendable {
     private let dm: XenLibraries.Handle
     private let fmem: XenLibraries.Handle
     private let evtchn: XenLibraries.Handle
+    /// libxenctrl, for the one HVM parameter a device model sets (the ACPI S-state). Opened
+    /// with the others, before `-xen-domid-restrict` or `-runas` can take the right away.
+    private let control: XenLibraries.Handle
     private let evtchnFD: Int32
     private var resource: XenLibraries.Handle?
     /// Fallback page mappings (Xen without resource mapping): base and page count.
@@ -51,19 +55,27 @@ public final class LibXenHypervisor: XenHypervisor, @unchecked Sendable {
             throw .callFailed(call: "xenevtchn_open", errno: e)
         }
         self.evtchn = evtchn
+        guard let control = libraries.xcInterfaceOpen(nil, nil, 0) else {
+            let e = errno
+            _ = libraries.evtchnClose(evtchn)
+            _ = libraries.fmemClose(fmem)
+            _ = libraries.dmClose(dm)
+            throw .callFailed(call: "xc_interface_open", errno: e)
+        }
+        self.control = control
         evtchnFD = libraries.evtchnFD(evtchn)
         // xenevtchn_pending reads the descriptor: non-blocking, it answers "none pending"
         // instead of parking the ioreq thread where `stop` and pauses cannot reach it.
         let flags = fcntl(evtchnFD, F_GETFL)
         guard flags >= 0, fcntl(evtchnFD, F_SETFL, flags | O_NONBLOCK) == 0 else {
             let e = errno
-            Self.closeHandles(libraries, dm, fmem, evtchn)
+            Self.closeHandles(libraries, dm, fmem, evtchn, control)
             throw .callFailed(call: "fcntl(event channel, O_NONBLOCK)", errno: e)
         }
         var id: UInt16 = 0
         guard libraries.createIoreqServer(dm, domid, buffered ? Self.bufioreqAtomic : 0, &id) == 0 else {
             let e = errno
-            Self.closeHandles(libraries, dm, fmem, evtchn)
+            Self.closeHandles(libraries, dm, fmem, evtchn, control)
             throw .callFailed(call: "xendevicemodel_create_ioreq_server(dom \(domid))", errno: e)
         }
         serverID = id
@@ -85,7 +97,8 @@ public final class LibXenHypervisor: XenHypervisor, @unchecked Sendable {
     deinit { teardown() }
 
     private static func closeHandles(_ l: XenLibraries, _ dm: XenLibraries.Handle, _ fmem: XenLibraries.Handle,
-                                     _ evtchn: XenLibraries.Handle) {
+                                     _ evtchn: XenLibraries.Handle, _ control: XenLibraries.Handle) {
+        _ = l.xcInterfaceClose(control)
         _ = l.evtchnClose(evtchn)
         _ = l.fmemClose(fmem)
         _ = l.dmClose(dm)
@@ -160,7 +173,7 @@ public final class LibXenHypervisor: XenHypervisor, @unchecked Sendable {
         _ = libraries.destroyIoreqServer(dm, domid, serverID)
         if let resource { _ = libraries.fmemUnmapResource(fmem, resource) }
         for (p, n) in legacyPages { _ = libraries.fmemUnmap(fmem, p, n) }
-        Self.closeHandles(libraries, dm, fmem, evtchn)
+        Self.closeHandles(libraries, dm, fmem, evtchn, control)
     }
 
     // MARK: events
@@ -215,6 +228,10 @@ public final class LibXenHypervisor: XenHypervisor, @unchecked Sendable {
     }
     public func shutdown(_ reason: XenShutdownReason) throws(XenError) {
         try check(libraries.shutdown(dm, domid, reason.rawValue), "xendevicemodel_shutdown(\(reason))")
+    }
+    public func setACPISleepState(_ state: UInt8) throws(XenError) {
+        try check(libraries.xcHVMParamSet(control, UInt32(domid), Self.hvmParamACPISleepState, UInt64(state)),
+                  "xc_hvm_param_set(HVM_PARAM_ACPI_S_STATE, \(state))")
     }
 
     // MARK: foreign memory

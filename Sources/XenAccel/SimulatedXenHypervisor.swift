@@ -27,6 +27,7 @@ public final class SimulatedXenHypervisor: XenHypervisor, @unchecked Sendable {
         case msi(UInt64, UInt32)
         case modifiedMemory(UInt64, UInt32)
         case shutdown(XenShutdownReason)
+        case acpiSleepState(UInt8)
     }
 
     public let domid: UInt16 = 1
@@ -143,6 +144,7 @@ public final class SimulatedXenHypervisor: XenHypervisor, @unchecked Sendable {
         try record(.modifiedMemory(firstGFN, count))
     }
     public func shutdown(_ reason: XenShutdownReason) throws(XenError) { try record(.shutdown(reason)) }
+    public func setACPISleepState(_ state: UInt8) throws(XenError) { try record(.acpiSleepState(state)) }
 
     // MARK: XenHypervisor: foreign memory
 

@@ -99,6 +99,18 @@ public final class XenAccelerator: Accelerator, @unchecked Sendable {
         return true
     }
 
+    /// Xen suspends the domain itself (pauses and resets its vCPUs, and its own timers and
+    /// interrupt controllers); the ioreq server stays enabled for the resume.
+    public func suspend() throws {
+        try hypervisor.setACPISleepState(3)
+    }
+
+    /// As QEMU's wakeup notifier. (`xl trigger DOMAIN s3resume` sets the same parameter
+    /// without us.)
+    public func wake() throws {
+        try hypervisor.setACPISleepState(0)
+    }
+
     /// `xen-set-global-dirty-log`: while on, every write the device model makes to guest RAM
     /// is reported to Xen (live migration).
     public var globalDirtyLogging: Bool {

@@ -53,6 +53,9 @@ public protocol XenHypervisor: AnyObject, Sendable {
     /// Reports frames the device model wrote while log-dirty mode is on (migration).
     func modifiedMemory(firstGFN: UInt64, count: UInt32) throws(XenError)
     func shutdown(_ reason: XenShutdownReason) throws(XenError)
+    /// Sets `HVM_PARAM_ACPI_S_STATE`: 3 makes Xen suspend the domain to RAM (vCPUs paused and
+    /// reset), 0 resumes it.
+    func setACPISleepState(_ state: UInt8) throws(XenError)
 }
 
 public enum XenIORangeKind: Int32, Sendable {

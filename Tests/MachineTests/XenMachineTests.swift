@@ -2,6 +2,7 @@ import Config
 import DMCore
 import Devices
 import Foundation
+import Monitor
 import XCTest
 @testable import Machine
 @testable import XenAccel
@@ -220,6 +221,66 @@ final class XenMachineTests: XCTestCase {
         sim.send(Ioreq(addr: 0xCF9, data: 0x06, size: 1, isRead: false, type: Ioreq.Kind.pio.rawValue))
         try waitFor("response") { sim.takeResponse() != nil }
         XCTAssertTrue(sim.dmOps.contains(.shutdown(.reboot)))
+        machine.terminate(signal: SIGTERM)
+        wait(for: [finished], timeout: 10)
+        machine.shutdownBackends()
+    }
+
+    /// ACPI S3 (SLP_TYP 1 in hvmloader's _S3): Xen suspends the domain when the device model
+    /// sets HVM_PARAM_ACPI_S_STATE to 3, and resumes it at 0 (QMP `system_wakeup`); the CMOS
+    /// shutdown status sends SeaBIOS down its resume path.
+    func testSuspendToRAMGoesThroughXensSleepState() throws {
+        let (machine, sim, store) = try makeMachine(libxlArguments(domain: 5))
+        let finished = expectation(description: "machine ended")
+        Thread.detachNewThread {
+            _ = machine.run()
+            finished.fulfill()
+        }
+        try waitFor("state=running") { store.read("device-model/5/state") == "running" }
+        func port(_ address: UInt64, size: UInt32, write: UInt64? = nil) throws -> UInt64 {
+            sim.send(Ioreq(addr: address, data: write ?? 0, size: size, isRead: write == nil, type: Ioreq.Kind.pio.rawValue))
+            var answer: UInt64?
+            try waitFor("response") {
+                answer = sim.takeResponse()
+                return answer != nil
+            }
+            return answer ?? 0
+        }
+        func wake() -> Result<Void, QMPError> {
+            let answered = expectation(description: "system_wakeup answered")
+            let result = LockedBox<Result<Void, QMPError>?>(nil)
+            machine.loop.post {
+                machine.systemWakeup { outcome in
+                    result.value = outcome
+                    answered.fulfill()
+                }
+            }
+            wait(for: [answered], timeout: 10)
+            return result.value ?? .failure(.generic("no answer"))
+        }
+        guard case .failure(let early) = wake() else { return XCTFail("woke a running guest") }
+        XCTAssertEqual(early, .generic("Unable to wake up: guest is not in suspended state"))
+
+        let sbdf = UInt64(PCIAddress(device: 1, function: 3).sbdf) << 32
+        for (offset, value, size) in [(UInt64(0x40), UInt64(0x1F41), UInt32(4)), (0x80, 0x01, 1)] {
+            sim.send(Ioreq(addr: sbdf | offset, data: value, size: size, isRead: false, type: Ioreq.Kind.pciConfig.rawValue))
+            try waitFor("config write") { sim.takeResponse() != nil }
+        }
+        _ = try port(0x1F44, size: 2, write: 1 << 10 | 1 << 13)
+        try waitFor("suspended") { machine.lock.withLock { machine.runState == .suspended } }
+        XCTAssertTrue(sim.dmOps.contains(.acpiSleepState(3)))
+        XCTAssertFalse(sim.dmOps.contains(.shutdown(.poweroff)))
+        XCTAssertEqual(sim.dmOps.last(where: { if case .serverEnabled = $0 { true } else { false } }), .serverEnabled(true))
+        _ = try port(0x70, size: 1, write: 0x0F)
+        XCTAssertEqual(try port(0x71, size: 1), 0xFE)
+
+        guard case .success = wake() else { return XCTFail("system_wakeup failed") }
+        XCTAssertEqual(sim.dmOps.last, .acpiSleepState(0))
+        XCTAssertEqual(machine.lock.withLock { machine.runState }, .running)
+        // The chipset kept its configuration: PM1a_CNT still answers at hvmloader's address.
+        _ = try port(0x1F44, size: 2, write: 0x2000)
+        XCTAssertTrue(sim.dmOps.contains(.shutdown(.poweroff)))
+
         machine.terminate(signal: SIGTERM)
         wait(for: [finished], timeout: 10)
         machine.shutdownBackends()

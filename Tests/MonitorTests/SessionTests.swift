@@ -14,6 +14,14 @@ final class FakeHost: MonitorHost {
     func stop(completion: @escaping () -> Void) { runStateName = "paused"; completion() }
     func cont(completion: @escaping (Result<Void, QMPError>) -> Void) { runStateName = "running"; completion(.success(())) }
     func systemReset(completion: @escaping () -> Void) { completion() }
+    func systemWakeup(completion: @escaping (Result<Void, QMPError>) -> Void) {
+        guard runStateName == "suspended" else {
+            completion(.failure(.generic("Unable to wake up: guest is not in suspended state")))
+            return
+        }
+        runStateName = "running"
+        completion(.success(()))
+    }
     func systemPowerdown() throws(QMPError) {}
     func quit() {}
     var chardevs: [ChardevInfo] { [ChardevInfo(label: "serial0", filename: "null")] }

@@ -78,6 +78,11 @@ public final class PIIX4PowerManagement: PCIDevice, Snapshottable, Resettable, @
         updateSCI()
     }
 
+    /// Leaving a sleep state: WAK_STS tells the OS's resume path the system woke.
+    public func signalWake() {
+        status.insert(.wake)
+    }
+
     private func updateSCI() {
         sci.set(!status.intersection(enable).intersection(.sciSources).isEmpty)
     }

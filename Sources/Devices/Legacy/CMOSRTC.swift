@@ -45,6 +45,7 @@ public final class CMOSRTC: BusDevice, Snapshottable, Resettable, @unchecked Sen
         static let seconds = 0x00, secondsAlarm = 0x01, minutes = 0x02, minutesAlarm = 0x03
         static let hours = 0x04, hoursAlarm = 0x05, weekday = 0x06, day = 0x07, month = 0x08, year = 0x09
         static let a = 0x0A, b = 0x0B, c = 0x0C, d = 0x0D
+        static let shutdownStatus = 0x0F
         static let century = 0x32
         /// PS/2 machines kept the century here; QEMU redirects it to 0x32.
         static let ps2Century = 0x37
@@ -112,6 +113,12 @@ public final class CMOSRTC: BusDevice, Snapshottable, Resettable, @unchecked Sen
     public func setCMOSByte(_ index: Int, _ value: UInt8) {
         guard cmos.indices.contains(index) else { return }
         cmos[index] = value
+    }
+
+    /// Entering ACPI S3: shutdown status 0xFE (index 0x0F) sends the firmware, when the CPUs
+    /// restart at the reset vector, down its resume path to the OS's waking vector.
+    public func recordSuspendToRAM() {
+        setCMOSByte(Index.shutdownStatus, 0xFE)
     }
 
     public func cmosByte(_ index: Int) -> UInt8 {

@@ -97,6 +97,10 @@ dm_metrics() {
   local rss ms
   rss=$(sed -n 's/^VmRSS:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$DMPID/status" 2>/dev/null)
   [ -n "$rss" ] && metric dm_rss_kb "$rss"
+  # where that memory is: resident kB per mapping (binary, each library, heap, stacks, anonymous)
+  timeout 20 awk '/^[0-9a-f]+-[0-9a-f]+ / { m = ($6 == "") ? "[anonymous]" : $6 }
+                  $1 == "Rss:" { r[m] += $2 } END { for (m in r) if (r[m]) print r[m], m }' \
+    "/proc/$DMPID/smaps" 2>/dev/null | sort -rn > "$OUT/logs/dm-rss-by-mapping.txt"
   # bounded: dom0 programs have been seen spinning under TCG (lab/xen/RESULTS.md)
   ms=$(timeout 20 tail -n +"$((ACCESS_MARK + 1))" /var/log/xen/xenstored-access.log 2>/dev/null | timeout 20 awk -v d="$DOMID" '
     function t(s,  a) { split(substr(s, 11, 12), a, ":"); return (a[1] * 3600 + a[2] * 60 + a[3]) * 1000 }
