@@ -17,11 +17,13 @@ WORK=/var/lib/lab/work           # per-scenario scratch (disks, ISOs, save files
 RUN=/run/lab
 SDIR=$LAB/scenarios/$SCENARIO
 DMPID= DOMID=
-T0=$(date +%s%3N)
-
-log() { echo "[$(date +%T.%N | cut -c1-12)] $*"; }
-now() { date +%s%3N; }   # milliseconds (integer arithmetic: dom0's awk is mawk)
-elapsed() { local d=$(( $(date +%s%3N) - $1 )); printf '%d.%d' $((d / 1000)) $((d % 1000 / 100)); }
+# Clocks from bash itself (EPOCHREALTIME, printf %()T): every process dom0 starts is a chance to
+# meet its userspace crashes under TCG (a `date` here once spun for an hour; lab/xen/RESULTS.md),
+# and the runner used to start one per log line and per poll.
+now() { local t=${EPOCHREALTIME/[.,]/}; echo $(( t / 1000 )); }   # milliseconds, integer (dom0's awk is mawk)
+T0=$(now)
+log() { local t=${EPOCHREALTIME#*[.,]}; printf '[%(%T)T.%s] %s\n' -1 "${t:0:3}" "$*"; }
+elapsed() { local d=$(( $(now) - $1 )); printf '%d.%d' $((d / 1000)) $((d % 1000 / 100)); }
 
 verdict() {  # verdict PASS|FAIL MESSAGE...   (first verdict wins)
   [ -s "$OUT/verdict" ] && return 0
@@ -41,14 +43,14 @@ dm_alive() { [ -z "$DMPID" ] || kill -0 "$DMPID" 2>/dev/null; }
 # Fails the scenario at once if the device model of the current guest dies meanwhile.
 wait_for() {
   local t; t=$(scaled "$1"); shift
-  local end=$(( $(date +%s) + t ))
+  local end=$(( EPOCHSECONDS + t ))
   while :; do
     "$@" 2>/dev/null && return 0
     if ! dm_alive; then
       "$@" 2>/dev/null && return 0
       fail "device model (pid $DMPID) of domain $DOMID died while waiting for: $*"
     fi
-    [ "$(date +%s)" -ge "$end" ] && return 1
+    [ "$EPOCHSECONDS" -ge "$end" ] && return 1
     sleep 0.5
   done
 }
