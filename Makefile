@@ -6,7 +6,7 @@ SHELL := /bin/bash
 # this terminal (press Esc for the menu; Ctrl-C quits).
 run:
 	@scripts/setup-debian.sh
-	swift build -c release --static-swift-stdlib --product swiftdm
+	scripts/swift-build-release --product swiftdm
 	.build/release/swiftdm -boot menu=on
 
 # Builds everything and runs every test (unit, integration on KVM, interop with the real
@@ -18,7 +18,7 @@ test:
 	  scripts/test-summary.sh .test-output.log; exit $$status
 
 build:
-	swift build -c release --static-swift-stdlib
+	scripts/swift-build-release
 
 bench:
 	bench/run
