@@ -197,6 +197,9 @@ public final class PCMachine: @unchecked Sendable {
         try ports.register(power, base: PIIX4PowerManagement.apmPorts.lowerBound,
                            length: UInt64(PIIX4PowerManagement.apmPorts.count), region: PIIX4PowerManagement.apmRegion,
                            name: "APM control/status")
+        try ports.register(power, base: PIIX4PowerManagement.gpePorts.lowerBound,
+                           length: UInt64(PIIX4PowerManagement.gpePorts.count), region: PIIX4PowerManagement.gpeRegion,
+                           name: "ACPI GPE0")
         // Under Xen too: Xen turns 0xCFC cycles of functions we claimed into PCI_CONFIG
         // ioreqs, but passes reads of 0xCF8 through, and Linux's probe for configuration
         // mechanism #1 reads back what it wrote there ("No config space access function" else).

@@ -116,12 +116,25 @@ final class ChipsetTests: XCTestCase {
         XCTAssertEqual(ports.read(0xB004, size: 2) & 1, 0)
         XCTAssertEqual(ports.read(0xB2, size: 2), 0x5AF0)
 
+        // GPE0 at 0xAFE0: status reads clear (no source), enable is read-write, status is
+        // write-one-to-clear and cannot be set by the guest.
+        ports.write(0xB002, size: 2, value: 0)  // PM1 enables off: the SCI is the GPEs' alone
+        XCTAssertFalse(rig.sink.level(9))
+        try ports.register(pm, base: 0xAFE0, length: 4, region: PIIX4PowerManagement.gpeRegion, name: "GPE0")
+        XCTAssertEqual(ports.read(0xAFE0, size: 4), 0)
+        ports.write(0xAFE2, size: 2, value: 0x0106)
+        ports.write(0xAFE0, size: 2, value: 0xFFFF)
+        XCTAssertEqual(ports.read(0xAFE0, size: 4), 0x0106_0000)
+        XCTAssertEqual(ports.read(0xAFE3, size: 1), 0x01)
+        XCTAssertFalse(rig.sink.level(9))
+
         var w = StateWriter()
         pm.saveState(to: &w)
         var r = StateReader(bytes: w.bytes, section: pm.stateID)
         try pm.loadState(from: &r, version: pm.stateVersion)
         XCTAssertTrue(r.isAtEnd)
         XCTAssertEqual(ports.read(0xB3, size: 1), 0x5A)
+        XCTAssertEqual(ports.read(0xAFE2, size: 2), 0x0106)
     }
 
     func testPMTimerArithmeticNeverOverflows() {

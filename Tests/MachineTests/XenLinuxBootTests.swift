@@ -22,21 +22,9 @@ extension XenMachineTests {
         try Data(initrd).write(to: URL(fileURLWithPath: path("initrd")))
         let (machine, sim, store) = try makeMachine(libxlArguments(domain: 6) + [
             "-kernel", path("vmlinuz"), "-initrd", path("initrd"), "-append", "console=ttyS0"])
-        let finished = expectation(description: "machine ended")
-        Thread.detachNewThread {
-            _ = machine.run()
-            finished.fulfill()
-        }
-        try waitFor("state=running") { store.read("device-model/6/state") == "running" }
-
+        let finished = try start(machine, store: store, domain: 6)
         func port(_ address: UInt64, size: UInt32, write: UInt64? = nil) throws -> UInt64 {
-            sim.send(Ioreq(addr: address, data: write ?? 0, size: size, isRead: write == nil, type: Ioreq.Kind.pio.rawValue))
-            var answer: UInt64?
-            try waitFor("response") {
-                answer = sim.takeResponse()
-                return answer != nil
-            }
-            return answer ?? 0
+            try self.port(sim, address, size: size, write: write)
         }
         // SeaBIOS's detection: select 0, "QEMU" from 0x511, ID with the DMA bit.
         _ = try port(0x510, size: 2, write: 0)

@@ -212,14 +212,8 @@ final class XenMachineTests: XCTestCase {
 
     func testRebootIsForwardedToXen() throws {
         let (machine, sim, store) = try makeMachine(libxlArguments(domain: 9))
-        let finished = expectation(description: "machine ended")
-        Thread.detachNewThread {
-            _ = machine.run()
-            finished.fulfill()
-        }
-        try waitFor("state=running") { store.read("device-model/9/state") == "running" }
-        sim.send(Ioreq(addr: 0xCF9, data: 0x06, size: 1, isRead: false, type: Ioreq.Kind.pio.rawValue))
-        try waitFor("response") { sim.takeResponse() != nil }
+        let finished = try start(machine, store: store, domain: 9)
+        _ = try port(sim, 0xCF9, size: 1, write: 0x06)
         XCTAssertTrue(sim.dmOps.contains(.shutdown(.reboot)))
         machine.terminate(signal: SIGTERM)
         wait(for: [finished], timeout: 10)
@@ -231,20 +225,9 @@ final class XenMachineTests: XCTestCase {
     /// shutdown status sends SeaBIOS down its resume path.
     func testSuspendToRAMGoesThroughXensSleepState() throws {
         let (machine, sim, store) = try makeMachine(libxlArguments(domain: 5))
-        let finished = expectation(description: "machine ended")
-        Thread.detachNewThread {
-            _ = machine.run()
-            finished.fulfill()
-        }
-        try waitFor("state=running") { store.read("device-model/5/state") == "running" }
+        let finished = try start(machine, store: store, domain: 5)
         func port(_ address: UInt64, size: UInt32, write: UInt64? = nil) throws -> UInt64 {
-            sim.send(Ioreq(addr: address, data: write ?? 0, size: size, isRead: write == nil, type: Ioreq.Kind.pio.rawValue))
-            var answer: UInt64?
-            try waitFor("response") {
-                answer = sim.takeResponse()
-                return answer != nil
-            }
-            return answer ?? 0
+            try self.port(sim, address, size: size, write: write)
         }
         func wake() -> Result<Void, QMPError> {
             let answered = expectation(description: "system_wakeup answered")
@@ -284,6 +267,29 @@ final class XenMachineTests: XCTestCase {
         machine.terminate(signal: SIGTERM)
         wait(for: [finished], timeout: 10)
         machine.shutdownBackends()
+    }
+
+    /// Runs `machine` on its own thread until libxl would see `state=running`; the returned
+    /// expectation is fulfilled when `run()` returns.
+    func start(_ machine: PCMachine, store: MemoryXenStore, domain: Int) throws -> XCTestExpectation {
+        let finished = expectation(description: "machine ended")
+        Thread.detachNewThread {
+            _ = machine.run()
+            finished.fulfill()
+        }
+        try waitFor("state=running") { store.read("device-model/\(domain)/state") == "running" }
+        return finished
+    }
+
+    /// One port access from vCPU 0, answered through the simulated ioreq page.
+    func port(_ sim: SimulatedXenHypervisor, _ address: UInt64, size: UInt32, write: UInt64? = nil) throws -> UInt64 {
+        sim.send(Ioreq(addr: address, data: write ?? 0, size: size, isRead: write == nil, type: Ioreq.Kind.pio.rawValue))
+        var answer: UInt64?
+        try waitFor("response") {
+            answer = sim.takeResponse()
+            return answer != nil
+        }
+        return answer ?? 0
     }
 
     func waitFor(_ what: String, timeout: Double = 10, _ condition: () throws -> Bool) throws {

@@ -15,6 +15,11 @@ public final class PIIX4PowerManagement: PCIDevice, Snapshottable, Resettable, @
     static let pmioRegion = 7
     public static let apmRegion = 8
     public static let apmPorts: ClosedRange<UInt64> = 0xB2...0xB3
+    /// The GPE0 block the FADT of SeaBIOS, hvmloader and QEMU names: status (write one to
+    /// clear) then enable, two bytes each. Nothing raises a GPE here (no ACPI hotplug), but it
+    /// must read as clear: all-ones made Linux disable GPEs 0-7 with an error line each.
+    public static let gpeRegion = 9
+    public static let gpePorts: ClosedRange<UInt64> = 0xAFE0...0xAFE3
     static let acpiEnable: UInt8 = 0xF1
     static let acpiDisable: UInt8 = 0xF0
     static let sciEnable: UInt16 = 1 << 0
@@ -39,6 +44,7 @@ public final class PIIX4PowerManagement: PCIDevice, Snapshottable, Resettable, @
     private var status: PM1Event = []
     private var enable: PM1Event = []
     private var control: UInt16 = 0
+    private var gpe: (status: UInt16, enable: UInt16) = (0, 0)
     /// APM control (last SMI command) and status (scratch) bytes.
     private var apm: (control: UInt8, status: UInt8) = (0, 0)
     private var mappedBase: UInt64?
@@ -84,7 +90,7 @@ public final class PIIX4PowerManagement: PCIDevice, Snapshottable, Resettable, @
     }
 
     private func updateSCI() {
-        sci.set(!status.intersection(enable).intersection(.sciSources).isEmpty)
+        sci.set(!status.intersection(enable).intersection(.sciSources).isEmpty || gpe.status & gpe.enable != 0)
     }
 
     /// Arms the overflow timer for the next flip of bit 23 while the guest wants that event.
@@ -140,6 +146,10 @@ public final class PIIX4PowerManagement: PCIDevice, Snapshottable, Resettable, @
             }
             return value
         }
+        if region == Self.gpeRegion {
+            let block = UInt64(gpe.status) | UInt64(gpe.enable) << 16
+            return (block >> (8 * min(offset, 4))) & mask(size)
+        }
         guard region == Self.pmioRegion else { return mask(size) }
         var value: UInt64 = 0
         for i in 0..<UInt64(size) { value |= UInt64(readByte(offset + i)) << (8 * i) }
@@ -166,6 +176,10 @@ public final class PIIX4PowerManagement: PCIDevice, Snapshottable, Resettable, @
             }
             return
         }
+        if region == Self.gpeRegion {
+            writeGPE(offset: offset, size: size, value: value)
+            return
+        }
         guard region == Self.pmioRegion else { return }
         // Apply by register so a 32-bit write to 0x00 updates status and enable together.
         for register in stride(from: UInt64(0), to: 6, by: 2) where offset < register + 2 && offset + UInt64(size) > register {
@@ -177,6 +191,19 @@ public final class PIIX4PowerManagement: PCIDevice, Snapshottable, Resettable, @
             }
             writeRegister(register, value: value16, mask: mask16)
         }
+    }
+
+    private func writeGPE(offset: UInt64, size: Int, value: UInt64) {
+        for i in 0..<UInt64(size) where offset + i < 4 {
+            let byte = UInt16(truncatingIfNeeded: value >> (8 * i))
+            let shift = 8 * ((offset + i) % 2)
+            if offset + i < 2 {
+                gpe.status &= ~(byte << shift)
+            } else {
+                gpe.enable = (gpe.enable & ~(0xFF << shift)) | byte << shift
+            }
+        }
+        updateSCI()
     }
 
     private func writeAPMControl(_ command: UInt8) {
@@ -206,8 +233,8 @@ public final class PIIX4PowerManagement: PCIDevice, Snapshottable, Resettable, @
     // MARK: state
 
     public var stateID: String { "piix4-pm" }
-    /// 2 adds the APM bytes.
-    public var stateVersion: UInt32 { 2 }
+    /// 2 adds the APM bytes, 3 the GPE0 block.
+    public var stateVersion: UInt32 { 3 }
 
     public func saveState(to w: inout StateWriter) {
         pci.saveState(to: &w)
@@ -216,15 +243,18 @@ public final class PIIX4PowerManagement: PCIDevice, Snapshottable, Resettable, @
         w.put(control)
         w.put(apm.control)
         w.put(apm.status)
+        w.put(gpe.status)
+        w.put(gpe.enable)
     }
 
     public func loadState(from r: inout StateReader, version: UInt32) throws(StateError) {
-        guard version == 1 || version == 2 else { throw .unsupportedVersion(section: stateID, version: version) }
+        guard (1...3).contains(version) else { throw .unsupportedVersion(section: stateID, version: version) }
         try pci.loadState(from: &r)
         status = PM1Event(rawValue: try r.get(UInt16.self))
         enable = PM1Event(rawValue: try r.get(UInt16.self))
         control = try r.get(UInt16.self) & ~(1 << 13)
         apm = version >= 2 ? (try r.get(UInt8.self), try r.get(UInt8.self)) : (0, 0)
+        gpe = version >= 3 ? (try r.get(UInt16.self), try r.get(UInt16.self)) : (0, 0)
         remapPMIO()
         updateSCI()
         armOverflowTimer()
@@ -236,6 +266,7 @@ public final class PIIX4PowerManagement: PCIDevice, Snapshottable, Resettable, @
         enable = []
         control = 0
         apm = (0, 0)
+        gpe = (0, 0)
         remapPMIO()
         updateSCI()
         overflowTimer.cancel()
