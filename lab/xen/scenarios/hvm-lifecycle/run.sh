@@ -41,7 +41,9 @@ scenario() {
   guest_attach hvm-lifecycle
   local d2=$DOMID dm2=$DMPID
   wait_until "the tick counter to continue after restore (last before save: $before)" 120 ticks_past com1.log "$before"
-  metric ticks_after_restore "$((16#$(last_tick com1.log)))"
+  local after; after=$(last_tick com1.log); after=$((16#${after:-0}))
+  [ "$after" -gt "$before" ] || fail "could not read the tick counter after restore (read: $after)"
+  metric ticks_after_restore "$after"
 
   step destroy 120 xl -vvv destroy hvm-lifecycle || fail "xl destroy failed: $(xl_errors destroy 2)"
   DMPID=; local left; wait_for 15 sh -c "! kill -0 $dm2"
@@ -49,5 +51,5 @@ scenario() {
   left=$( { leftovers "$d1" "$dm1"; leftovers "$d2" "$dm2"; } )
   echo "$left" > "$OUT/leftovers.txt"
   [ -z "$left" ] || fail "destroy left things behind: $(echo "$left" | head -5 | tr '\n' ';')"
-  pass "monitor, cd-eject/insert, save ($(sed -n 's/^save_image_mb=//p' "$OUT/metrics") MB) + restore (ticks $before -> $((16#$(last_tick com1.log)))), destroy clean"
+  pass "monitor, cd-eject/insert, save ($(sed -n 's/^save_image_mb=//p' "$OUT/metrics") MB) + restore (ticks $before -> $after), destroy clean"
 }
