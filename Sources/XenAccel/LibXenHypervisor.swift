@@ -44,22 +44,19 @@ public final class LibXenHypervisor: XenHypervisor, @unchecked Sendable {
         dm = try libraries.openDeviceModel()
         guard let fmem = libraries.fmemOpen(nil, 0) else {
             let e = errno
-            _ = libraries.dmClose(dm)
+            Self.closeHandles(libraries, dm)
             throw .callFailed(call: "xenforeignmemory_open", errno: e)
         }
         self.fmem = fmem
         guard let evtchn = libraries.evtchnOpen(nil, 0) else {
             let e = errno
-            _ = libraries.dmClose(dm)
-            _ = libraries.fmemClose(fmem)
+            Self.closeHandles(libraries, dm, fmem: fmem)
             throw .callFailed(call: "xenevtchn_open", errno: e)
         }
         self.evtchn = evtchn
         guard let control = libraries.xcInterfaceOpen(nil, nil, 0) else {
             let e = errno
-            _ = libraries.evtchnClose(evtchn)
-            _ = libraries.fmemClose(fmem)
-            _ = libraries.dmClose(dm)
+            Self.closeHandles(libraries, dm, fmem: fmem, evtchn: evtchn)
             throw .callFailed(call: "xc_interface_open", errno: e)
         }
         self.control = control
@@ -69,13 +66,13 @@ public final class LibXenHypervisor: XenHypervisor, @unchecked Sendable {
         let flags = fcntl(evtchnFD, F_GETFL)
         guard flags >= 0, fcntl(evtchnFD, F_SETFL, flags | O_NONBLOCK) == 0 else {
             let e = errno
-            Self.closeHandles(libraries, dm, fmem, evtchn, control)
+            Self.closeHandles(libraries, dm, fmem: fmem, evtchn: evtchn, control: control)
             throw .callFailed(call: "fcntl(event channel, O_NONBLOCK)", errno: e)
         }
         var id: UInt16 = 0
         guard libraries.createIoreqServer(dm, domid, buffered ? Self.bufioreqAtomic : 0, &id) == 0 else {
             let e = errno
-            Self.closeHandles(libraries, dm, fmem, evtchn, control)
+            Self.closeHandles(libraries, dm, fmem: fmem, evtchn: evtchn, control: control)
             throw .callFailed(call: "xendevicemodel_create_ioreq_server(dom \(domid))", errno: e)
         }
         serverID = id
@@ -96,11 +93,12 @@ public final class LibXenHypervisor: XenHypervisor, @unchecked Sendable {
 
     deinit { teardown() }
 
-    private static func closeHandles(_ l: XenLibraries, _ dm: XenLibraries.Handle, _ fmem: XenLibraries.Handle,
-                                     _ evtchn: XenLibraries.Handle, _ control: XenLibraries.Handle) {
-        _ = l.xcInterfaceClose(control)
-        _ = l.evtchnClose(evtchn)
-        _ = l.fmemClose(fmem)
+    /// Closes what `init` opened so far, in reverse order (every failure path and teardown).
+    private static func closeHandles(_ l: XenLibraries, _ dm: XenLibraries.Handle, fmem: XenLibraries.Handle? = nil,
+                                     evtchn: XenLibraries.Handle? = nil, control: XenLibraries.Handle? = nil) {
+        if let control { _ = l.xcInterfaceClose(control) }
+        if let evtchn { _ = l.evtchnClose(evtchn) }
+        if let fmem { _ = l.fmemClose(fmem) }
         _ = l.dmClose(dm)
     }
 
@@ -173,7 +171,7 @@ public final class LibXenHypervisor: XenHypervisor, @unchecked Sendable {
         _ = libraries.destroyIoreqServer(dm, domid, serverID)
         if let resource { _ = libraries.fmemUnmapResource(fmem, resource) }
         for (p, n) in legacyPages { _ = libraries.fmemUnmap(fmem, p, n) }
-        Self.closeHandles(libraries, dm, fmem, evtchn, control)
+        Self.closeHandles(libraries, dm, fmem: fmem, evtchn: evtchn, control: control)
     }
 
     // MARK: events
