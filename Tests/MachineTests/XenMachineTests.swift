@@ -119,24 +119,11 @@ final class XenMachineTests: XCTestCase {
     /// Runs the machine on a thread and plays hvmloader and a guest over the ioreq page.
     func testRunsAndServesIoreqsLikeQEMU() throws {
         let (machine, sim, store) = try makeMachine(libxlArguments())
-        let finished = expectation(description: "machine ended")
         let status = LockedBox<Int32>(-1)
-        Thread.detachNewThread {
-            status.value = machine.run()
-            finished.fulfill()
-        }
-        try waitFor("state=running") { store.read("device-model/4/state") == "running" }
+        let finished = try start(machine, store: store, domain: 4, status: status)
         XCTAssertTrue(sim.dmOps.contains(.serverEnabled(true)))
 
-        func request(_ r: Ioreq, vcpu: Int = 0) throws -> UInt64 {
-            sim.send(r, vcpu: vcpu)
-            var answer: UInt64?
-            try waitFor("response to \(r)") {
-                answer = sim.takeResponse(vcpu)
-                return answer != nil
-            }
-            return answer ?? 0
-        }
+        func request(_ r: Ioreq, vcpu: Int = 0) throws -> UInt64 { try answer(sim, r, vcpu: vcpu) }
         func config(_ device: UInt8, _ function: UInt8, _ offset: UInt64, size: UInt32, write: UInt64? = nil) throws -> UInt64 {
             let sbdf = UInt64(PCIAddress(device: device, function: function).sbdf)
             return try request(Ioreq(addr: sbdf << 32 | offset, data: write ?? 0, size: size, isRead: write == nil,
@@ -270,26 +257,33 @@ final class XenMachineTests: XCTestCase {
     }
 
     /// Runs `machine` on its own thread until libxl would see `state=running`; the returned
-    /// expectation is fulfilled when `run()` returns.
-    func start(_ machine: PCMachine, store: MemoryXenStore, domain: Int) throws -> XCTestExpectation {
+    /// expectation is fulfilled when `run()` returns, with its exit status in `status`.
+    func start(_ machine: PCMachine, store: MemoryXenStore, domain: Int,
+               status: LockedBox<Int32>? = nil) throws -> XCTestExpectation {
         let finished = expectation(description: "machine ended")
         Thread.detachNewThread {
-            _ = machine.run()
+            let code = machine.run()
+            status?.value = code
             finished.fulfill()
         }
         try waitFor("state=running") { store.read("device-model/\(domain)/state") == "running" }
         return finished
     }
 
-    /// One port access from vCPU 0, answered through the simulated ioreq page.
-    func port(_ sim: SimulatedXenHypervisor, _ address: UInt64, size: UInt32, write: UInt64? = nil) throws -> UInt64 {
-        sim.send(Ioreq(addr: address, data: write ?? 0, size: size, isRead: write == nil, type: Ioreq.Kind.pio.rawValue))
+    /// Sends one ioreq from `vcpu` through the simulated page and returns the device model's answer.
+    func answer(_ sim: SimulatedXenHypervisor, _ request: Ioreq, vcpu: Int = 0) throws -> UInt64 {
+        sim.send(request, vcpu: vcpu)
         var answer: UInt64?
-        try waitFor("response") {
-            answer = sim.takeResponse()
+        try waitFor("response to \(request)") {
+            answer = sim.takeResponse(vcpu)
             return answer != nil
         }
         return answer ?? 0
+    }
+
+    /// One port access from vCPU 0.
+    func port(_ sim: SimulatedXenHypervisor, _ address: UInt64, size: UInt32, write: UInt64? = nil) throws -> UInt64 {
+        try answer(sim, Ioreq(addr: address, data: write ?? 0, size: size, isRead: write == nil, type: Ioreq.Kind.pio.rawValue))
     }
 
     func waitFor(_ what: String, timeout: Double = 10, _ condition: () throws -> Bool) throws {

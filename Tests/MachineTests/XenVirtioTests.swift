@@ -18,22 +18,9 @@ extension XenMachineTests {
             "-device", "virtio-blk-pci,drive=vd0,addr=5,disable-legacy=on"])
         XCTAssertTrue(machine.notifications is ExitNotifications)
         XCTAssertTrue(sim.dmOps.contains(.mapPCI(PCIAddress(device: 5, function: 0))))
-        let finished = expectation(description: "machine ended")
-        Thread.detachNewThread {
-            _ = machine.run()
-            finished.fulfill()
-        }
-        try waitFor("state=running") { store.read("device-model/4/state") == "running" }
+        let finished = try start(machine, store: store, domain: 4)
 
-        func request(_ r: Ioreq) throws -> UInt64 {
-            sim.send(r)
-            var answer: UInt64?
-            try waitFor("response to \(r)") {
-                answer = sim.takeResponse()
-                return answer != nil
-            }
-            return answer ?? 0
-        }
+        func request(_ r: Ioreq) throws -> UInt64 { try answer(sim, r) }
         func config(_ offset: UInt64, size: UInt32, write: UInt64) throws {
             let sbdf = UInt64(PCIAddress(device: 5, function: 0).sbdf)
             _ = try request(Ioreq(addr: sbdf << 32 | offset, data: write, size: size, isRead: false,
