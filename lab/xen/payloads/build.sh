@@ -1,6 +1,6 @@
 #!/bin/bash
 # Build the guest payloads into OUTDIR (run on the host; needs binutils, cpio, gzip).
-#   hello.img, ticker.img, ioreq-bench.img  1 MiB raw disks whose MBR is the boot sector
+#   hello.img, ticker.img, ioreq-bench.img, fpu-spin.img  1 MiB raw disks whose MBR is the boot sector
 #   vmlinuz, initramfs.cpio.gz              Debian kernel (from the dom0 rootfs) + busybox initramfs
 # usage: build.sh OUTDIR ROOTFS
 set -euo pipefail
@@ -8,7 +8,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 out=${1:?usage: build.sh OUTDIR ROOTFS}; rootfs=${2:?usage: build.sh OUTDIR ROOTFS}
 mkdir -p "$out"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-for s in hello ticker ioreq-bench; do
+for s in hello ticker ioreq-bench fpu-spin; do
   as --32 -o "$tmp/$s.o" "$here/$s.S"
   ld -m elf_i386 -Ttext=0x7c00 --oformat binary -e _start -o "$tmp/$s.bin" "$tmp/$s.o"
   [ "$(stat -c %s "$tmp/$s.bin")" = 512 ] || { echo "$s.bin is not 512 bytes" >&2; exit 1; }
