@@ -75,8 +75,22 @@ step() {
 # first libxl/xl error lines of a step log (for one-line failure reasons)
 xl_errors() { grep -E 'libxl: error|^xl: |error:|failed' "$OUT/step-$1.log" 2>/dev/null | grep -v -E 'libxl: debug|detail:' | head -${2:-4} | cut -c1-300; }
 
-render() {  # render TEMPLATE > OUTPUT: fill in @DM@ @OUT@ @GUEST@ @WORK@ @RUN@
+# guest_cpus: the physical CPUs guests may use. When Xen pins dom0's vCPUs (dom0_vcpus_pin: vCPU i
+# on pCPU i, the lab's LAB_DOM0_CPUS), guests get the others, so that no pCPU switches between a
+# guest and dom0 (under TCG that switch corrupted dom0's FPU state; lab/xen/README.md). Empty: any.
+guest_cpus() {
+  local info n d
+  info=$(timeout 20 xl info 2>/dev/null)
+  case " $(sed -n 's/^xen_commandline *: //p' <<< "$info") " in *" dom0_vcpus_pin "*) ;; *) return 0 ;; esac
+  n=$(sed -n 's/^nr_cpus *: //p' <<< "$info")
+  d=$(nproc)
+  [ -n "$n" ] && [ "$d" -lt "$n" ] && echo "$d-$((n - 1))"
+  return 0
+}
+render() {  # render TEMPLATE > OUTPUT: fill in @DM@ @OUT@ @GUEST@ @WORK@ @RUN@, pin to guest_cpus
   sed -e "s#@DM@#$RUN/dm#g" -e "s#@OUT@#$OUT#g" -e "s#@GUEST@#$GUEST#g" -e "s#@WORK@#$WORK#g" -e "s#@RUN@#$RUN#g" "$1"
+  local cpus; cpus=$(guest_cpus)
+  [ -z "$cpus" ] || echo "cpus = \"$cpus\""
 }
 
 # guest_create NAME [CFG]: xl create with the scenario's config; sets DOMID and DMPID.

@@ -1,6 +1,8 @@
 /* fpu-stress payload: MBR boot sector that keeps every SSE register and the x87 stack busy
-   forever (16-bit real mode, interrupts on so that Xen can preempt it). While it runs, another
-   domain's programs must still see only their own FPU state (lab/xen/scenarios/fpu-stress). */
+   forever (16-bit real mode). While it runs, another domain's programs must still see only their
+   own FPU state (lab/xen/scenarios/fpu-stress). Each round ends in CPUID, which Xen intercepts: a
+   loop without exits kept a host CPU to itself under TCG's nested SVM (the host's interrupts did
+   not take it out of the guest, interrupts on or off), and dom0 stalled. */
         .code16
         .text
         .globl _start
@@ -26,6 +28,8 @@ _start:
         paddd %xmm7, %xmm0
         fldpi
         fstp %st(0)
+        xor %eax, %eax
+        cpuid
         jmp 1b
         .org 510
         .byte 0x55, 0xaa
