@@ -133,6 +133,16 @@ guest_attach() {  # guest_attach NAME: (re)read DOMID/DMPID of a running guest
   dm_alive || fail "device model (pid $DMPID) of $1 is not running right after xl create"
 }
 
+# guest_live NAME: fails unless `xl list` shows domain NAME, neither crashed, shut down nor dying;
+# sets GUEST_STATE (xl's state column) and GUEST_CPU_S (its CPU seconds)
+guest_live() {
+  local line; line=$(xl list "$1" 2>/dev/null | awk 'NR==2 {print $5, $6}')
+  [ -n "$line" ] || fail "domain $1 is not in xl list any more (see logs/xl-dmesg.log)"
+  GUEST_STATE=${line% *} GUEST_CPU_S=${line#* }
+  case $GUEST_STATE in *[csd]*) fail "domain $1 is not running (xl list state $GUEST_STATE; see logs/xl-dmesg.log)" ;; esac
+  return 0
+}
+
 # leftovers DOMID [DMPID]: print what a destroyed domain left behind (processes, sockets, xenstore)
 leftovers() {
   local d=$1 p=${2:-}

@@ -38,11 +38,8 @@ scenario() {
   timeout -k 5 $((t + 120)) bash -c "stress_loop $t" > "$OUT/loop2.txt" 2> "$OUT/loop2.err" &
   local p2=$!
   wait $p1; local rc1=$?; wait $p2; local rc2=$?
-  # the guest must still be running: state (column 5) without c(rashed), s(hutdown) or d(ying)
-  local guest guest_s; guest=$(xl list fpu-stress 2>/dev/null | awk 'NR==2 {print $5, $6}')
-  [ -n "$guest" ] || fail "the fpu-spin guest was gone before the end (see logs/xl-dmesg.log)"
-  case ${guest% *} in *[csd]*) fail "the fpu-spin guest ended (xl state ${guest% *}; see logs/xl-dmesg.log)" ;; esac
-  guest_s=${guest#* }
+  guest_live fpu-stress
+  local guest_s=$GUEST_CPU_S
   step destroy 120 xl -vvv destroy fpu-stress || fail "xl destroy failed: $(xl_errors destroy 2)"
   [ $rc1 = 0 ] && [ $rc2 = 0 ] || fail "a dom0 loop hung (timeout rc $rc1/$rc2): $(head -c 300 "$OUT/loop1.err" "$OUT/loop2.err" | tr '\n' ' ')"
   local r1 w1 d1 r2 w2 d2
