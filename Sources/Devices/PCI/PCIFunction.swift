@@ -36,6 +36,9 @@ public final class PCIFunction: @unchecked Sendable {
     var mmioBus: Bus?
     var intx: ((Bool) -> Void)?
     private var intxLevel = false
+    /// Told after a BAR (index 0-5, or `romRegion`) starts decoding at an address or stops
+    /// (nil): a device whose BAR is RAM the guest maps directly (VRAM) moves that mapping.
+    public var onBARMoved: ((_ index: Int, _ address: UInt64?) -> Void)?
 
     /// `rom`, if any, is padded to a power of two of at least 2 KiB.
     public init(name: String, config: PCIConfigSpace, bars: [PCIBARDefinition?] = [], rom: [UInt8] = []) {
@@ -134,16 +137,19 @@ public final class PCIFunction: @unchecked Sendable {
             guard want != mapped[index] else { continue }
             let isIO = index < 6 && bars[index]?.kind == .io
             guard let bus = isIO ? portBus : mmioBus else { continue }
-            if mapped[index] != nil { bus.unregister(owner, region: index) }
+            let was = mapped[index]
+            if was != nil { bus.unregister(owner, region: index) }
             mapped[index] = nil
-            guard let base = want else { continue }
-            let size = index == Self.romRegion ? UInt64(rom.count) : bars[index]!.size
-            do {
-                try bus.register(owner, base: base, length: size, region: index, name: "\(name) BAR\(index)")
-                mapped[index] = base
-            } catch {
-                GuestErrorLog.shared.report(name, "BAR \(index) at \(hex(base)) not mapped: \(error)")
+            if let base = want {
+                let size = index == Self.romRegion ? UInt64(rom.count) : bars[index]!.size
+                do {
+                    try bus.register(owner, base: base, length: size, region: index, name: "\(name) BAR\(index)")
+                    mapped[index] = base
+                } catch {
+                    GuestErrorLog.shared.report(name, "BAR \(index) at \(hex(base)) not mapped: \(error)")
+                }
             }
+            if mapped[index] != was { onBARMoved?(index, mapped[index]) }
         }
     }
 
@@ -154,6 +160,7 @@ public final class PCIFunction: @unchecked Sendable {
             let isIO = index < 6 && bars[index]?.kind == .io
             (isIO ? portBus : mmioBus)?.unregister(owner, region: index)
             mapped[index] = nil
+            onBARMoved?(index, nil)
         }
     }
 
