@@ -232,6 +232,36 @@ public final class LibXenHypervisor: XenHypervisor, @unchecked Sendable {
                   "xc_hvm_param_set(HVM_PARAM_ACPI_S_STATE, \(state))")
     }
 
+    // MARK: device RAM
+
+    public func populatePhysmap(firstGFN: UInt64, count: Int) throws(XenError) {
+        guard count > 0 else { return }
+        var frames = (0..<count).map { UInt(firstGFN) + UInt($0) }
+        try check(libraries.xcPopulatePhysmapExact(control, UInt32(domid), UInt(count), 0, 0, &frames),
+                  "xc_domain_populate_physmap_exact(gfn \(hex(firstGFN)), \(count) frames)")
+    }
+    public func relocateMemory(count: UInt32, from: UInt64, to: UInt64) throws(XenError) {
+        try check(libraries.relocateMemory(dm, domid, count, from, to),
+                  "xendevicemodel_relocate_memory(\(count) frames, gfn \(hex(from)) -> \(hex(to)))")
+    }
+    public func pinMemoryCacheattr(first: UInt64, last: UInt64, type: UInt32) throws(XenError) {
+        try check(libraries.pinMemoryCacheattr(dm, domid, first, last, type), "xendevicemodel_pin_memory_cacheattr")
+    }
+    public func trackDirtyVRAM(firstGFN: UInt64, count: UInt32, bitmap: inout [UInt64]) throws(XenError) {
+        let words = (Int(count) + 63) / 64
+        if bitmap.count < words { bitmap += [UInt64](repeating: 0, count: words - bitmap.count) }
+        let rc: Int32
+        if count == 0 {
+            rc = libraries.trackDirtyVRAM(dm, domid, 0, 0, nil)
+        } else {
+            // unsigned long is 64 bits on the x86-64 hosts Xen's dom0 runs on.
+            rc = bitmap.withUnsafeMutableBytes { bytes in
+                libraries.trackDirtyVRAM(dm, domid, firstGFN, count, bytes.baseAddress?.assumingMemoryBound(to: UInt.self))
+            }
+        }
+        try check(rc, "xendevicemodel_track_dirty_vram(gfn \(hex(firstGFN)), \(count))")
+    }
+
     // MARK: foreign memory
 
     public func mapForeignPages(firstGFN: UInt64, pageCount: Int) throws(XenError) -> ForeignMapping {

@@ -28,6 +28,10 @@ public final class SimulatedXenHypervisor: XenHypervisor, @unchecked Sendable {
         case modifiedMemory(UInt64, UInt32)
         case shutdown(XenShutdownReason)
         case acpiSleepState(UInt8)
+        case populate(UInt64, Int)
+        case relocate(count: UInt32, from: UInt64, to: UInt64)
+        case pinCacheattr(UInt64, UInt64, UInt32)
+        case trackDirtyVRAM(UInt64, UInt32)
     }
 
     public let domid: UInt16 = 1
@@ -53,6 +57,8 @@ public final class SimulatedXenHypervisor: XenHypervisor, @unchecked Sendable {
         var liveMappings = 0
         var maps = 0
         var failDMOps = false
+        /// Frames the "guest" wrote since the last `trackDirtyVRAM` (see `guestWroteFrame`).
+        var dirtyFrames: Set<UInt64> = []
     }
     private let state = Mutex(State())
 
@@ -145,6 +151,50 @@ public final class SimulatedXenHypervisor: XenHypervisor, @unchecked Sendable {
     }
     public func shutdown(_ reason: XenShutdownReason) throws(XenError) { try record(.shutdown(reason)) }
     public func setACPISleepState(_ state: UInt8) throws(XenError) { try record(.acpiSleepState(state)) }
+
+    // MARK: XenHypervisor: device RAM
+
+    public func populatePhysmap(firstGFN: UInt64, count: Int) throws(XenError) {
+        try record(.populate(firstGFN, count))
+        let pages = UInt64(ramSize / xenPageSize)
+        guard count >= 0, firstGFN <= pages, UInt64(count) <= pages - firstGFN else {
+            throw .callFailed(call: "xc_domain_populate_physmap_exact (simulated)", errno: ENOMEM)
+        }
+        state.withLock { s in for i in 0..<UInt64(count) { s.holes.remove(firstGFN + i) } }
+    }
+
+    /// Moves the bytes as Xen moves the frames: the source becomes a hole.
+    public func relocateMemory(count: UInt32, from: UInt64, to: UInt64) throws(XenError) {
+        try record(.relocate(count: count, from: from, to: to))
+        let pages = UInt64(ramSize / xenPageSize)
+        guard from <= pages, to <= pages, UInt64(count) <= pages - from, UInt64(count) <= pages - to else {
+            throw .callFailed(call: "xendevicemodel_relocate_memory (simulated)", errno: EINVAL)
+        }
+        let length = Int(count) * xenPageSize
+        memmove(ramView + Int(to) * xenPageSize, ramView + Int(from) * xenPageSize, length)
+        state.withLock { s in
+            for i in 0..<UInt64(count) { s.holes.insert(from + i) }
+            for i in 0..<UInt64(count) { s.holes.remove(to + i) }
+        }
+    }
+
+    public func pinMemoryCacheattr(first: UInt64, last: UInt64, type: UInt32) throws(XenError) {
+        try record(.pinCacheattr(first, last, type))
+    }
+
+    public func trackDirtyVRAM(firstGFN: UInt64, count: UInt32, bitmap: inout [UInt64]) throws(XenError) {
+        try record(.trackDirtyVRAM(firstGFN, count))
+        let words = (Int(count) + 63) / 64
+        if bitmap.count < words { bitmap += [UInt64](repeating: 0, count: words - bitmap.count) }
+        for i in 0..<words { bitmap[i] = 0 }
+        state.withLock { s in
+            for gfn in s.dirtyFrames where gfn >= firstGFN && gfn - firstGFN < UInt64(count) {
+                let page = Int(gfn - firstGFN)
+                bitmap[page / 64] |= 1 << UInt64(page % 64)
+            }
+            s.dirtyFrames.removeAll()
+        }
+    }
 
     // MARK: XenHypervisor: foreign memory
 
@@ -298,6 +348,8 @@ public final class SimulatedXenHypervisor: XenHypervisor, @unchecked Sendable {
     public func setFailMaps(_ fail: Bool) { state.withLock { $0.failMaps = fail } }
     public func setFailDMOps(_ fail: Bool) { state.withLock { $0.failDMOps = fail } }
     public func punchHole(gfn: UInt64) { state.withLock { _ = $0.holes.insert(gfn) } }
+    /// What Xen's dirty-VRAM tracking would see after a guest write to `gfn`.
+    public func guestWroteFrame(_ gfn: UInt64) { state.withLock { _ = $0.dirtyFrames.insert(gfn) } }
 
     /// The guest's own view of its RAM.
     public func guestRead(at address: Int, count: Int) -> [UInt8] {

@@ -53,6 +53,19 @@ public protocol XenHypervisor: AnyObject, Sendable {
     /// Reports frames the device model wrote while log-dirty mode is on (migration).
     func modifiedMemory(firstGFN: UInt64, count: UInt32) throws(XenError)
     func shutdown(_ reason: XenShutdownReason) throws(XenError)
+
+    // MARK: device RAM (VRAM): QEMU's xen_ram_alloc and physmap
+
+    /// Gives the domain new frames at `count` gfns from `firstGFN` (counted in its maxmem).
+    func populatePhysmap(firstGFN: UInt64, count: Int) throws(XenError)
+    /// Moves `count` frames from `from` to `to` in the guest's physical address space.
+    func relocateMemory(count: UInt32, from: UInt64, to: UInt64) throws(XenError)
+    /// Pins the cache attribute of gfns `first...last` (`XEN_DOMCTL_MEM_CACHEATTR_*`).
+    func pinMemoryCacheattr(first: UInt64, last: UInt64, type: UInt32) throws(XenError)
+    /// Starts or continues dirty tracking of `count` frames from `firstGFN` and returns, in
+    /// `bitmap` (one bit per frame), those written since the last call; `count` 0 stops it.
+    /// Fails with `ENODATA` while Xen cannot tell (the caller then redraws everything).
+    func trackDirtyVRAM(firstGFN: UInt64, count: UInt32, bitmap: inout [UInt64]) throws(XenError)
     /// Sets `HVM_PARAM_ACPI_S_STATE`: 3 makes Xen suspend the domain to RAM (vCPUs paused and
     /// reset), 0 resumes it.
     func setACPISleepState(_ state: UInt8) throws(XenError)

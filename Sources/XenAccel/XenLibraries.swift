@@ -99,6 +99,7 @@ public struct XenLibraries: @unchecked Sendable {
     public let xcInterfaceClose: @convention(c) (Handle?) -> Int32
     public let xcHVMParamSet: @convention(c) (Handle?, UInt32, UInt32, UInt64) -> Int32
     public let xcHVMParamGet: @convention(c) (Handle?, UInt32, UInt32, UnsafeMutablePointer<UInt64>?) -> Int32
+    public let xcPopulatePhysmapExact: @convention(c) (Handle?, UInt32, UInt, UInt32, UInt32, UnsafeMutablePointer<UInt>?) -> Int32
 
     /// The file names tried for each library, most specific first: the sonames Debian 12 ships,
     /// then other sonames Xen has used, then the unversioned development symlink.
@@ -201,7 +202,9 @@ public struct XenLibraries: @unchecked Sendable {
             xcInterfaceClose: try sym(xc, "xc_interface_close", as: (@convention(c) (Handle?) -> Int32).self),
             xcHVMParamSet: try sym(xc, "xc_hvm_param_set", as: (@convention(c) (Handle?, UInt32, UInt32, UInt64) -> Int32).self),
             xcHVMParamGet: try sym(xc, "xc_hvm_param_get",
-                                   as: (@convention(c) (Handle?, UInt32, UInt32, UnsafeMutablePointer<UInt64>?) -> Int32).self))
+                                   as: (@convention(c) (Handle?, UInt32, UInt32, UnsafeMutablePointer<UInt64>?) -> Int32).self),
+            xcPopulatePhysmapExact: try sym(xc, "xc_domain_populate_physmap_exact",
+                                            as: (@convention(c) (Handle?, UInt32, UInt, UInt32, UInt32, UnsafeMutablePointer<UInt>?) -> Int32).self))
     }
 
     private static func open(_ library: String, names: [String], directory: String?) throws(XenError) -> UnsafeMutableRawPointer {
