@@ -135,6 +135,12 @@ public protocol DeviceRAMProvider: AnyObject {
     func makeDeviceRAM(name: String, size: Int) throws -> any DeviceRAM
 }
 
+/// Device RAM for machines whose guests never map it directly (tests, the empty machine).
+public final class HostDeviceRAMProvider: DeviceRAMProvider {
+    public init() {}
+    public func makeDeviceRAM(name: String, size: Int) throws -> any DeviceRAM { try HostDeviceRAM(size: size) }
+}
+
 /// Device RAM in an anonymous host mapping with no guest mapping of its own: for tests and for
 /// machines where every guest access reaches the device as MMIO. It records the device's own
 /// writes as dirty pages.

@@ -36,6 +36,8 @@ public final class PCMachine: @unchecked Sendable {
     public let memory: any GuestMemory
     public let pci: PCIBus
     let accelerator: any Accelerator
+    /// Where devices get RAM the guest maps directly (video RAM): KVM slots or Xen frames.
+    let deviceRAM: any DeviceRAMProvider
     /// The Xen side (accelerator, xenstore, domain) when the machine serves a Xen domain.
     let xen: XenDomainLink?
     /// Virtio's doorbells and MSIs: ioeventfd/irqfd on KVM, plain exits and the interrupt sink
@@ -100,7 +102,7 @@ public final class PCMachine: @unchecked Sendable {
 
         // The accelerator and guest memory: ours on KVM, Xen's (through the mapcache) under Xen.
         let hostBridge = I440FXHostBridge()
-        var kvmMemory: KVMMemory?
+        var kvmMemory: KVMGuestMemoryMap?
         switch platform {
         case .kvm:
             let biosPath: String
@@ -117,16 +119,21 @@ public final class PCMachine: @unchecked Sendable {
                 throw MachineError("\(error)")
             }
             bios.load(biosBytes, at: 0)
-            let physical = PhysicalMemory(regions: layout.regions(ram: ram, bios: bios, pam: hostBridge.pamModes))
-            memory = physical
+            let map = KVMGuestMemoryMap(accelerator: kvm, layout: layout, ram: ram, bios: bios, pam: hostBridge.pamModes)
+            memory = map.memory
             accelerator = kvm
             notifications = KVMNotifications(accelerator: kvm, loop: loop)
             xen = nil
-            kvmMemory = KVMMemory(accelerator: kvm, layout: layout, ram: ram, bios: bios, memory: physical)
+            kvmMemory = map
+            deviceRAM = map
         case .xen(let domain, _):
             let pci = pci
+            // Device RAM starts where QEMU's first RAM block after guest RAM starts (its
+            // `ram_addr`), so physmap records mean the same to both device models.
+            let ramBlockEnd = config.memoryBytes > lowRAM ? (1 << 32) + config.memoryBytes - lowRAM : config.memoryBytes
             let link = try XenDomainLink(domain: domain, vcpus: config.smp.maxCPUs, dispatcher: dispatcher,
-                                         events: events, hypervisor: xenHypervisor, store: xenStore) {
+                                         events: events, hypervisor: xenHypervisor, store: xenStore,
+                                         deviceRAMBase: ramBlockEnd, incoming: config.incoming != nil) {
                 address, offset, size, isWrite, value in
                 // PCI_CONFIG ioreqs: only bus 0 exists; other functions read as absent.
                 guard address.segment == 0, address.bus == 0 else { return UInt32(truncatingIfNeeded: mask(size)) }
@@ -141,11 +148,13 @@ public final class PCMachine: @unchecked Sendable {
             accelerator = link.accelerator
             notifications = ExitNotifications(sink: link.accelerator.interrupts)
             xen = link
+            deviceRAM = link
         case .none:
             memory = PhysicalMemory(regions: [])
             accelerator = NoAccelerator()
             notifications = ExitNotifications(sink: accelerator.interrupts)
             xen = nil
+            deviceRAM = HostDeviceRAMProvider()
         }
 
         events.machine = self
@@ -227,32 +236,19 @@ public final class PCMachine: @unchecked Sendable {
         }
     }
 
-    /// What the KVM machine owns of guest memory: RAM, the BIOS, their layout and map.
-    private struct KVMMemory {
-        let accelerator: KVMAccelerator
-        let layout: PCMemoryLayout
-        let ram: HostMemory
-        let bios: HostMemory
-        let memory: PhysicalMemory
-    }
-
     /// KVM maps RAM and the BIOS directly; the PAM window covers what its slots cannot express.
-    private func mapKVMMemory(_ setup: KVMMemory, hostBridge: I440FXHostBridge) throws {
-        let (kvm, layout, ram, bios, memory) = (setup.accelerator, setup.layout, setup.ram, setup.bios, setup.memory)
-        let window = LegacyBIOSWindow(layout: layout, ram: ram, bios: bios, pam: hostBridge.pamModes)
+    private func mapKVMMemory(_ map: KVMGuestMemoryMap, hostBridge: I440FXHostBridge) throws {
+        let window = LegacyBIOSWindow(layout: map.layout, ram: map.ram, bios: map.bios, pam: hostBridge.pamModes)
         do {
             try mmio.register(window, base: PCMemoryLayout.legacyWindow.lowerBound,
                               length: UInt64(PCMemoryLayout.legacyWindow.count), name: "legacy BIOS window")
-            try kvm.setMemoryRegions(memory.currentRegions)
+            try map.accelerator.setMemoryRegions(map.memory.currentRegions)
         } catch {
             throw MachineError("memory map: \(error)")
         }
         hostBridge.onMemoryMapChange = { modes in
             window.pam = modes
-            memory.setRegions(layout.regions(ram: ram, bios: bios, pam: modes))
-            do { try kvm.setMemoryRegions(memory.currentRegions) } catch {
-                GuestErrorLog.shared.report("i440FX", "PAM change not applied: \(error)")
-            }
+            map.pam = modes
         }
     }
 }

@@ -55,7 +55,7 @@ public enum MachinePlatform: Equatable, Sendable {
 /// The device model's ties to its Xen domain: the accelerator (ioreq server, mapcache,
 /// interrupts), the xenstore connection, and the claims that make Xen forward exactly what our
 /// devices decode. Built before the devices; `claim` runs once they are all in place.
-final class XenDomainLink {
+final class XenDomainLink: DeviceRAMProvider {
     let domain: UInt16
     let accelerator: XenAccelerator
     let store: any XenStoreAccess
@@ -63,11 +63,17 @@ final class XenDomainLink {
     let intxRouter: XenPCIINTxRouter
     /// `$QEMU` of xen-contract.md §A.4, relative to our own domain (dom0's home).
     var deviceModelPath: String { "device-model/\(domain)" }
+    /// The guest address the next device RAM region calls home (QEMU's next `ram_addr`).
+    private var nextDeviceRAMAddress: UInt64
+    /// Under `-incoming` the saved memory image already holds device RAM frames.
+    private let incoming: Bool
 
     init(domain: UInt16, vcpus: Int, dispatcher: IODispatcher, events: any AcceleratorEvents,
-         hypervisor: (any XenHypervisor)?, store: (any XenStoreAccess)?,
+         hypervisor: (any XenHypervisor)?, store: (any XenStoreAccess)?, deviceRAMBase: UInt64, incoming: Bool,
          pciConfig: @escaping IoreqServer.PCIConfigHandler) throws(MachineError) {
         self.domain = domain
+        nextDeviceRAMAddress = Self.ramBlockAligned(deviceRAMBase)
+        self.incoming = incoming
         do throws(XenError) {
             var libraries: XenLibraries?
             func loaded() throws(XenError) -> XenLibraries {
@@ -115,6 +121,18 @@ final class XenDomainLink {
         }
         ports.onMappingChange = follow(.port)
         mmio.onMappingChange = follow(.mmio)
+    }
+
+    /// QEMU places RAM blocks on 256 KiB boundaries (a long's worth of 4 KiB pages).
+    private static func ramBlockAligned(_ address: UInt64) -> UInt64 { (address + 0x3_FFFF) & ~0x3_FFFF }
+
+    func makeDeviceRAM(name: String, size: Int) throws -> any DeviceRAM {
+        let home = nextDeviceRAMAddress
+        let ram = try XenDeviceRAM(hypervisor: accelerator.hypervisor, store: store, mapCache: accelerator.mapCache,
+                                   deviceModelPath: deviceModelPath, name: name, size: size, homeAddress: home,
+                                   incoming: incoming)
+        nextDeviceRAMAddress = Self.ramBlockAligned(home + UInt64(size))
+        return ram
     }
 
     /// `-xen-domid-restrict`: after setup, every Xen handle we hold may touch only our domain.
