@@ -48,6 +48,8 @@ public final class PCMachine: @unchecked Sendable {
     /// Devices in the order their state is saved and they are reset.
     var devices: [AnyObject] = []
     var backends: [any CharBackend] = []
+    /// The display device's picture and its readers; nil without a display device.
+    var display: MachineDisplay?
     let exitStatus = Atomic<Int32>(0)
     /// Where lifecycle events go (the QMP monitor); set before `run`.
     public weak var monitorEvents: (any MonitorEventSink)?

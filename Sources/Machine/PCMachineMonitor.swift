@@ -183,6 +183,11 @@ extension PCMachine: MonitorHost {
         throw .generic("no VNC display")
     }
 
+    public func screenshot() throws(QMPError) -> Screenshot {
+        guard let display else { throw .generic("There is no console to take a screendump from") }
+        return display.screenshot()
+    }
+
     /// `-incoming fd:N`: reads the device state libxl saved (`xen-save-devices-state`) from
     /// the descriptor, loads it, and leaves the VM paused — or running if `cont` came first,
     /// or under Xen without -S.

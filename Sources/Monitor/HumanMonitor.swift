@@ -51,6 +51,17 @@ enum HumanMonitor {
             } else {
                 output = "unknown command: 'info \(words[1])'\n"
             }
+        case "screendump"?:
+            guard words.count == 2, let host = context.host else {
+                output = words.count == 2 ? "no machine\n" : "screendump: expects a file name\n"
+                break
+            }
+            do throws(QMPError) {
+                try writeScreendump(words[1], host: host, fdSets: context.monitor.fdSets)
+                output = ""
+            } catch {
+                output = "\(error.desc)\n"
+            }
         case let name?:
             output = "unknown command: '\(name)'\n"
         }

@@ -49,6 +49,33 @@ public protocol MonitorHost: AnyObject {
     /// `query-vnc`'s reply when a VNC server exists, nil when there is none.
     var vncInfo: JSONValue? { get }
     func setVNCPassword(_ password: String) throws(QMPError)
+    /// The display's current picture (`screendump`), redrawn first; an error when the machine
+    /// has no display device.
+    func screenshot() throws(QMPError) -> Screenshot
+}
+
+/// A picture of the display: `pixels` are `0x00RRGGBB`, row-major.
+public struct Screenshot: Sendable {
+    public let width: Int
+    public let height: Int
+    public let pixels: [UInt32]
+    public init(width: Int, height: Int, pixels: [UInt32]) {
+        self.width = width
+        self.height = height
+        self.pixels = pixels
+    }
+
+    /// Binary PPM (P6), what QEMU's `screendump` writes by default.
+    public var ppm: [UInt8] {
+        var bytes = Array("P6\n\(width) \(height)\n255\n".utf8)
+        bytes.reserveCapacity(bytes.count + 3 * pixels.count)
+        for p in pixels.prefix(width * height) {
+            bytes.append(UInt8(truncatingIfNeeded: p >> 16))
+            bytes.append(UInt8(truncatingIfNeeded: p >> 8))
+            bytes.append(UInt8(truncatingIfNeeded: p))
+        }
+        return bytes
+    }
 }
 
 public struct ChardevInfo: Equatable, Sendable {

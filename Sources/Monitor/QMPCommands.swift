@@ -20,6 +20,15 @@ struct PasswordArguments: QMPArguments {
     let password: String
 }
 
+struct ScreendumpArguments: QMPArguments {
+    static let parameters = [QMPParameter("filename", "str"), QMPParameter("device", "str", optional: true),
+                             QMPParameter("head", "int", optional: true), QMPParameter("format", "str", optional: true)]
+    let filename: String
+    let device: String?
+    let head: Int?
+    let format: String?
+}
+
 struct EjectArguments: QMPArguments {
     static let parameters = [QMPParameter("device", "str", optional: true), QMPParameter("id", "str", optional: true),
                              QMPParameter("force", "bool", optional: true)]
@@ -232,6 +241,16 @@ enum QMPCommands {
             try context.requireHost().setVNCPassword(args.password)
             return .empty
         },
+        QMPCommand("screendump", ScreendumpArguments.self) { args, context throws(QMPError) in
+            switch args.format ?? "ppm" {
+            case "ppm": break
+            case "png": throw .generic("screendump: PNG is not supported; use format=ppm")
+            case let other: throw .generic("Parameter 'format' does not accept value '\(other)'")
+            }
+            if let head = args.head, head != 0 { throw .generic("Head '\(head)' does not exist") }
+            try writeScreendump(args.filename, host: try context.requireHost(), fdSets: context.monitor.fdSets)
+            return .empty
+        },
         QMPCommand("eject", EjectArguments.self) { args, context throws(QMPError) in
             guard (args.device == nil) != (args.id == nil) else { throw .generic("Need exactly one of 'device' and 'id'") }
             try context.requireHost().eject(device: args.device, id: args.id, force: args.force ?? false)
@@ -369,6 +388,19 @@ enum QMPCommands {
 
 /// Device state files are small (kilobytes); both loops are bounded by the file and by a
 /// 64 MiB cap on what we accept to read.
+/// Writes the display's picture as PPM to `filename` (a path or `/dev/fdset/N`).
+func writeScreendump(_ filename: String, host: any MonitorHost, fdSets: FileDescriptorSets) throws(QMPError) {
+    let picture = try host.screenshot()
+    let fd: Int32
+    do throws(FileDescriptorSets.OpenError) {
+        fd = try fdSets.open(filename, flags: O_WRONLY | O_CREAT | O_TRUNC)
+    } catch {
+        throw .generic(error.description)
+    }
+    defer { fdSets.closeDuplicate(fd) }
+    try writeAll(fd, picture.ppm, path: filename)
+}
+
 func writeAll(_ fd: Int32, _ bytes: [UInt8], path: String) throws(QMPError) {
     var done = 0
     while done < bytes.count {

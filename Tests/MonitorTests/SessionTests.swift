@@ -42,6 +42,11 @@ final class FakeHost: MonitorHost {
     var blockStats: [JSONValue] { [] }
     var vncInfo: JSONValue? { nil }
     func setVNCPassword(_ password: String) throws(QMPError) { throw .generic("no VNC display") }
+    var picture: Screenshot?
+    func screenshot() throws(QMPError) -> Screenshot {
+        guard let picture else { throw .generic("There is no console to take a screendump from") }
+        return picture
+    }
 }
 
 final class SessionTests: XCTestCase {
@@ -109,6 +114,29 @@ final class SessionTests: XCTestCase {
         close(pipeFDs[0])
         XCTAssertEqual(send(#"{"execute": "remove-fd", "arguments": {"fdset-id": 3, "fd": 999}}"#),
                        [#"{"error": {"class": "GenericError", "desc": "File descriptor named 'fdset-id:3, fd:999' not found"}}"#])
+    }
+
+    func testScreendumpWritesPPMOrSaysWhyNot() throws {
+        _ = send(#"{"execute": "qmp_capabilities"}"#)
+        let path = "/tmp/swiftdm-screendump-\(getpid()).ppm"
+        defer { unlink(path) }
+        XCTAssertEqual(send(#"{"execute": "screendump", "arguments": {"filename": "\#(path)"}}"#),
+                       [#"{"error": {"class": "GenericError", "desc": "There is no console to take a screendump from"}}"#])
+        host.picture = Screenshot(width: 2, height: 1, pixels: [0x00FF_8001, 0x0000_00FF])
+        XCTAssertEqual(send(#"{"execute": "screendump", "arguments": {"filename": "\#(path)", "format": "png"}}"#),
+                       [#"{"error": {"class": "GenericError", "desc": "screendump: PNG is not supported; use format=ppm"}}"#])
+        XCTAssertEqual(send(#"{"execute": "screendump", "arguments": {"filename": "\#(path)", "format": "gif"}}"#),
+                       [#"{"error": {"class": "GenericError", "desc": "Parameter 'format' does not accept value 'gif'"}}"#])
+        XCTAssertEqual(send(#"{"execute": "screendump", "arguments": {"filename": "\#(path)"}}"#), [#"{"return": {}}"#])
+        let fd = open(path, O_RDONLY)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        var bytes = [UInt8](repeating: 0, count: 64)
+        let n = read(fd, &bytes, 64)
+        close(fd)
+        XCTAssertEqual(Array(bytes.prefix(max(n, 0))), Array("P6\n2 1\n255\n".utf8) + [0xFF, 0x80, 0x01, 0x00, 0x00, 0xFF])
+        // The human monitor's form, as `xl qemu-monitor-command dom screendump FILE` sends it.
+        XCTAssertEqual(send(#"{"execute": "human-monitor-command", "arguments": {"command-line": "screendump \#(path)"}}"#),
+                       [#"{"return": ""}"#])
     }
 
     func testErrorsForHostileInput() {
