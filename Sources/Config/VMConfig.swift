@@ -25,6 +25,8 @@ public struct VMConfig: Sendable, Equatable {
     public var noReboot = false
     public var noShutdown = false
     public var devices: [OptionList] = []
+    /// `-vga` was given (even `none`): no default VGA then.
+    public var vgaChosen = false
     /// `-drive` lists in order; `-hda`..`-hdd` and `-cdrom` arrive here as the `-drive` they mean.
     public var drives: [OptionList] = []
     public var bootOrder: String?
@@ -74,7 +76,7 @@ public struct VMConfig: Sendable, Equatable {
             && a.append == b.append && a.fwCfgDMA == b.fwCfgDMA && a.logItems == b.logItems && a.monitors == b.monitors && a.uuid == b.uuid
             && a.incoming == b.incoming && a.xenDomainID == b.xenDomainID && a.xenAttach == b.xenAttach
             && a.xenRestrict == b.xenRestrict && a.runAsUser == b.runAsUser && a.chrootDirectory == b.chrootDirectory
-            && a.noACPI == b.noACPI && a.warnings == b.warnings
+            && a.noACPI == b.noACPI && a.warnings == b.warnings && a.vgaChosen == b.vgaChosen
     }
 
     /// The `-chardev` ids a monitor serves: the machine must not open them as devices.

@@ -27,6 +27,18 @@ final class CommandLineParserTests: XCTestCase {
         }
     }
 
+    func testVGAOptionAddsTheCardAsADevice() throws {
+        XCTAssertEqual(try config(["-vga", "std"]).devices.map { $0.entries.first?.value }, ["VGA"])
+        XCTAssertEqual(try config(["-vga", "cirrus"]).devices.map { $0.entries.first?.value }, ["cirrus-vga"])
+        let none = try config(["-vga", "none"])
+        XCTAssertTrue(none.devices.isEmpty)
+        XCTAssertTrue(none.vgaChosen)
+        XCTAssertFalse(try config([]).vgaChosen)
+        XCTAssertThrowsError(try CommandLineParser.parse(["-vga", "qxl"])) { error in
+            XCTAssertEqual((error as? ConfigError)?.description.hasPrefix("-vga"), true, "\(error)")
+        }
+    }
+
     func testDefaults() throws {
         let c = try config([])
         XCTAssertEqual(c.memoryBytes, 128 << 20)

@@ -1,6 +1,7 @@
 #!/bin/bash
 # Build the guest payloads into OUTDIR (run on the host; needs binutils, cpio, gzip).
-#   hello.img, ticker.img, ioreq-bench.img, fpu-spin.img  1 MiB raw disks whose MBR is the boot sector
+#   hello.img, ticker.img, ioreq-bench.img, fpu-spin.img, vga.img  1 MiB raw disks whose first
+#   sectors are the program (the MBR, which loads any further sectors itself)
 #   vmlinuz, initramfs.cpio.gz              Debian kernel (from the dom0 rootfs) + busybox initramfs
 # usage: build.sh OUTDIR ROOTFS
 set -euo pipefail
@@ -8,10 +9,11 @@ here=$(cd "$(dirname "$0")" && pwd)
 out=${1:?usage: build.sh OUTDIR ROOTFS}; rootfs=${2:?usage: build.sh OUTDIR ROOTFS}
 mkdir -p "$out"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-for s in hello ticker ioreq-bench fpu-spin; do
+for s in hello ticker ioreq-bench fpu-spin vga; do
   as --32 -o "$tmp/$s.o" "$here/$s.S"
   ld -m elf_i386 -Ttext=0x7c00 --oformat binary -e _start -o "$tmp/$s.bin" "$tmp/$s.o"
-  [ "$(stat -c %s "$tmp/$s.bin")" = 512 ] || { echo "$s.bin is not 512 bytes" >&2; exit 1; }
+  size=$(stat -c %s "$tmp/$s.bin")
+  [ $((size % 512)) = 0 ] && [ "$size" -le 4096 ] || { echo "$s.bin is $size bytes, not whole sectors (at most 8)" >&2; exit 1; }
   cp "$tmp/$s.bin" "$out/$s.img"; truncate -s 1M "$out/$s.img"
 done
 kver=$(ls "$rootfs/lib/modules" | sort -V | tail -1)
