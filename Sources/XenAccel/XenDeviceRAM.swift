@@ -13,6 +13,9 @@ import Glibc
 ///   carries those keys through save/restore and migration, and a device model that starts
 ///   with `-incoming` (or after a restart) finds its frames through them instead of
 ///   populating new ones (QEMU's `xen_add_to_physmap`, `xen_read_physmap`);
+/// - a restore without a physmap record (qemu-xen built for Xen ≥ 4.10 writes none) finds the
+///   frames where the restored BAR points, as QEMU does while `INMIGRATE`: nothing is mapped
+///   until the device says where its BAR is, or first touches the RAM (then they are at home);
 /// - Xen's dirty-VRAM tracking covers the relocated range (it tracks one range per domain).
 public final class XenDeviceRAM: DeviceRAM, @unchecked Sendable {
     /// `XEN_DOMCTL_MEM_CACHEATTR_WB`.
@@ -28,6 +31,8 @@ public final class XenDeviceRAM: DeviceRAM, @unchecked Sendable {
     /// scratch buffer stands in so the device keeps running (and the error is logged).
     private var mapping: ForeignMapping?
     private var scratch: HostMemory?
+    /// Restoring without a record: the frames are wherever the saved BAR said.
+    private var awaitingIncomingBAR = false
     private let hypervisor: any XenHypervisor
     private let store: any XenStoreAccess
     private let mapCache: XenMapCache
@@ -60,9 +65,36 @@ public final class XenDeviceRAM: DeviceRAM, @unchecked Sendable {
             location = recorded
         } else {
             location = homeAddress
-            if !incoming { try hypervisor.populatePhysmap(firstGFN: homeAddress >> xenPageShift, count: pages) }
+            if incoming {
+                awaitingIncomingBAR = true
+                return
+            }
+            try hypervisor.populatePhysmap(firstGFN: homeAddress >> xenPageShift, count: pages)
         }
         mapping = try Self.mapAll(hypervisor, at: location, pages: pages, name: name)
+    }
+
+    /// Maps the frames where they are now (`location`), or a scratch buffer if Xen refuses.
+    private func mapHere() {
+        do throws(XenError) {
+            mapping = try Self.mapAll(hypervisor, at: location, pages: pages, name: name)
+        } catch {
+            errors.report("xen", "\(name): cannot map the frames at \(hex(location)): \(error); the display is lost")
+            if scratch == nil { scratch = try? HostMemory(size: size) }
+        }
+    }
+
+    /// A restore without a record learns where the frames are: at `address` (the BAR the
+    /// saved configuration decodes), or at home.
+    private func adoptIncomingLocation(_ address: UInt64?) {
+        awaitingIncomingBAR = false
+        location = address ?? homeAddress
+        mapHere()
+        if mapping == nil, location != homeAddress {
+            location = homeAddress
+            mapHere()
+        }
+        recordLocation()
     }
 
     deinit { if let mapping { hypervisor.unmapForeignPages(mapping) } }
@@ -87,12 +119,17 @@ public final class XenDeviceRAM: DeviceRAM, @unchecked Sendable {
     }
 
     public func withBytes<R>(_ body: (UnsafeMutableRawBufferPointer) -> R) -> R {
+        if awaitingIncomingBAR { adoptIncomingLocation(nil) }
         if let mapping { return body(UnsafeMutableRawBufferPointer(start: mapping.base, count: size)) }
         guard let scratch else { return body(UnsafeMutableRawBufferPointer(start: nil, count: 0)) }
         return withExtendedLifetime(scratch) { body(UnsafeMutableRawBufferPointer(start: scratch.baseAddress, count: size)) }
     }
 
     public func map(at address: UInt64?) {
+        if awaitingIncomingBAR {
+            adoptIncomingLocation(address)
+            return
+        }
         let target = address ?? homeAddress
         guard target != location else { return }
         guard target % UInt64(xenPageSize) == 0 else {
@@ -108,12 +145,7 @@ public final class XenDeviceRAM: DeviceRAM, @unchecked Sendable {
         } catch {
             errors.report("xen", "\(name): moving \(pages) frames to \(hex(target)): \(error)")
         }
-        do throws(XenError) {
-            mapping = try Self.mapAll(hypervisor, at: location, pages: pages, name: name)
-        } catch {
-            errors.report("xen", "\(name): cannot map the frames at \(hex(location)): \(error); the display is lost")
-            if scratch == nil { scratch = try? HostMemory(size: size) }
-        }
+        mapHere()
         // The mapcache may hold the frames' old addresses.
         mapCache.invalidate()
         recordLocation()
@@ -154,7 +186,7 @@ public final class XenDeviceRAM: DeviceRAM, @unchecked Sendable {
             deviceDirty[i] = 0
         }
         // At home the guest has no mapping of the frames: only the device writes them.
-        guard location != homeAddress else { return true }
+        guard location != homeAddress, !awaitingIncomingBAR else { return true }
         do throws(XenError) {
             try hypervisor.trackDirtyVRAM(firstGFN: location >> xenPageShift, count: UInt32(pages), bitmap: &xenDirty)
         } catch {

@@ -56,6 +56,25 @@ final class XenDeviceRAMTests: XCTestCase {
         XCTAssertFalse(rig.sim.dmOps.contains { if case .relocate = $0 { return true } else { return false } })
     }
 
+    func testRestoreWithoutARecordFindsTheFramesAtTheRestoredBAR() throws {
+        let rig = try Rig(ramSize: 16 << 20)
+        let store = MemoryXenStore()
+        rig.sim.guestWrite([0x77], at: Int(bar) + 9)
+        let vram = try make(rig, store: store, incoming: true)
+        XCTAssertTrue(rig.sim.dmOps.isEmpty, "nothing populated, nothing moved: the saved image has the frames")
+        vram.map(at: bar)
+        XCTAssertEqual(vram.location, bar)
+        XCTAssertEqual(vram.withBytes { $0[9] }, 0x77)
+        XCTAssertFalse(rig.sim.dmOps.contains { if case .relocate = $0 { return true } else { return false } })
+        XCTAssertEqual(store.read("\(dm)/physmap/400000/start_addr"), "800000")
+
+        // A guest that never mapped its BAR before the save: the frames are at home.
+        rig.sim.guestWrite([0x66], at: Int(home) + 3)
+        let other = try make(rig, store: MemoryXenStore(), incoming: true)
+        XCTAssertEqual(other.withBytes { $0[3] }, 0x66)
+        XCTAssertEqual(other.location, home)
+    }
+
     func testARecordOfAnotherSizeIsIgnored() throws {
         let rig = try Rig(ramSize: 16 << 20)
         let store = MemoryXenStore()
