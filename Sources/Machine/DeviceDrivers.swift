@@ -12,7 +12,11 @@ struct DeviceContext {
     let poster: any BlockCompletionPoster
     let notifications: any NotificationProvider
     let onDebugExit: (Int32) -> Void
+    /// Where video RAM comes from (KVM slots, Xen frames).
+    let deviceRAM: any DeviceRAMProvider
     var created: [AnyObject] = []
+    /// The display device (a VGA), if one was asked for; a PC has one.
+    var display: (any DisplaySource)?
     /// The IDE slots `ide-hd`/`ide-cd` fill (the controller is built after `-device`).
     var ide: IDEAssembly?
     /// AHCI controllers by `id=` (their ports are buses `ID.N`) with their firmware paths.

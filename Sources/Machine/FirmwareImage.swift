@@ -15,6 +15,26 @@ enum FirmwareImage {
         return path
     }
 
+    /// Where QEMU's packages keep option ROMs (SeaBIOS's VGA BIOSes, iPXE's NIC ROMs).
+    static let optionROMDirectories = ["/usr/share/seabios", "/usr/share/qemu", "/usr/lib/ipxe/qemu"]
+    static let maxOptionROMSize = 16 << 20
+
+    /// A PCI device's expansion ROM, as QEMU's `romfile=` property: a path, a file name looked
+    /// up in the ROM directories, or "" for none (`romfile` absent: `defaultName`).
+    static func optionROM(romfile: String?, defaultName: String, device: String) throws(MachineError) -> [UInt8] {
+        let name = romfile ?? defaultName
+        if name.isEmpty { return [] }
+        let candidates = name.contains("/") ? [name] : optionROMDirectories.map { "\($0)/\(name)" }
+        guard let path = candidates.first(where: { access($0, R_OK) == 0 }) else {
+            throw MachineError("-device \(device): romfile \(name) not found (looked in \(candidates.joined(separator: ", ")); apt-get install seabios ipxe-qemu, or romfile=\"\" for none)")
+        }
+        let bytes = try readFile(path, limit: maxOptionROMSize, what: "-device \(device) romfile \(path)")
+        guard bytes.count >= 3, bytes[0] == 0x55, bytes[1] == 0xAA else {
+            throw MachineError("-device \(device): \(path) is not a PCI option ROM (no 55 AA signature)")
+        }
+        return bytes
+    }
+
     static func load(_ path: String, option: String = "-bios") throws(MachineError) -> [UInt8] {
         let bytes = try readFile(path, limit: maxSize, what: "\(option) \(path)")
         guard !bytes.isEmpty, bytes.count % 4096 == 0 else {

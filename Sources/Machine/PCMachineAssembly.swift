@@ -128,7 +128,8 @@ extension PCMachine {
     func assembleDevices(router: InterruptRouter, ide: IDEAssembly? = nil) throws {
         var context = DeviceContext(ports: ports, mmio: mmio, pci: pci, router: router, memory: memory, poster: loop,
                                     notifications: notifications,
-                                    onDebugExit: { [weak self] status in self?.requestExit(status: status) })
+                                    onDebugExit: { [weak self] status in self?.requestExit(status: status) },
+                                    deviceRAM: deviceRAM)
         context.ide = ide
         for var list in config.devices {
             guard let name = list.take("driver") else {
@@ -148,6 +149,7 @@ extension PCMachine {
         }
         if let ide { try plugVirtioDrives(ide, context: &context) }
         append(devices: context.created)
+        if let source = context.display { display = MachineDisplay(source: source, timers: loop) }
     }
 
     /// With no display, the serial port is the console, and SeaBIOS should print there.

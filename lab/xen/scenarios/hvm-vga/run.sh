@@ -19,7 +19,7 @@ check() {  # check WHAT ARGS...: ppm-check.py, its verdict kept in $OUT/check-WH
 }
 picture() {  # picture NAME CHECK...: screendump and VNC snapshot, both checked, and compared
   shot "$1" || fail "screendump ($1) failed: $(head -c 200 "$OUT/screendump-$1.log")"
-  check "$1" "${@:2}" "$OUT/$1.ppm"
+  check "$1" "$2" "$OUT/$1.ppm" "${@:3}"
   vnc_shot "$DISPLAY_NO" "vnc-$1" || fail "vncsnapshot ($1) of display :$DISPLAY_NO failed: $(tail -c 300 "$OUT/vnc-vnc-$1.log")"
   check "vnc-$1" same "$OUT/$1.ppm" "$OUT/vnc-$1.ppm"
 }
