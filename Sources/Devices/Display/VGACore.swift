@@ -296,6 +296,12 @@ public final class VGACore: @unchecked Sendable {
         dispi[DISPI.yOffset] = UInt16(yOffset)
         dispiLineBytes = lineBytes
         dispiStart = start
+        // The VGA side follows, as on QEMU: a 64 KiB graphics window at 0xA0000 (the bank),
+        // chain 4 on all planes and 256-colour shifting, so banked access from real mode works.
+        graphics[6] = (graphics[6] & ~0x0C) | 0x05
+        graphics[5] = (graphics[5] & ~0x60) | 0x40
+        sequencer[4] |= 0x08
+        sequencer[2] = 0x0F
     }
 
     // MARK: the memory window 0xA0000-0xBFFFF
@@ -636,13 +642,14 @@ public final class VGACore: @unchecked Sendable {
                             let background = palette16[Int(blinkEnabled ? (attr >> 4) & 7 : attr >> 4)]
                             if blinkEnabled && attr & 0x80 != 0 && !blinkOn { foreground = background }
                             let font = attr & 0x08 != 0 ? fontA : fontB
-                            var glyph = bytes[((font + character * 32 + line) & wordMask) * 4 + 2]
-                            if cell == cursorCell, let cursorLines, blinkOn, cursorLines.contains(line) {
-                                glyph = 0xFF
-                            }
+                            let glyph = bytes[((font + character * 32 + line) & wordMask) * 4 + 2]
+                            // The cursor covers its lines across the whole cell, ninth dot included.
+                            let cursorLine = cell == cursorCell && blinkOn && cursorLines?.contains(line) == true
                             for bit in 0..<cellWidth {
                                 let on: Bool
-                                if bit < 8 {
+                                if cursorLine {
+                                    on = true
+                                } else if bit < 8 {
                                     on = glyph & (0x80 >> UInt8(bit)) != 0
                                 } else {
                                     on = lineGraphics && (0xC0...0xDF).contains(character) && glyph & 1 != 0
