@@ -261,10 +261,21 @@ public enum CommandLineParser {
                 "there is no VNC server yet; the guest runs without a display"),
         ignored(["k"], "keymap", "VNC keyboard layout (no VNC yet)", "there is no VNC server yet; keymap ignored"),
         ignored(["spice"], "options", "SPICE server (not implemented)", "SPICE is not implemented; the guest runs without it"),
-        ignored(["netdev"], "type=tap,id=id[,...]", "network backend (not yet: accepted with a warning)",
-                "networking is not implemented yet; the guest gets no network from it"),
-        ignored(["net"], "none", "legacy network option (none)", silentFor: ["none"],
-                "networking is not implemented yet; the guest gets no network from it"),
+        value(["netdev"], "[type=]tap,id=id[,ifname=name|fd=N][,script=no,downscript=no]",
+              "network backend for a NIC's netdev= (tap; other types accepted with a warning)") { c, text throws(ConfigError) in
+            let netdev = try NetdevOption.parse(text, warnings: &c.warnings)
+            guard !c.netdevs.contains(where: { $0.id == netdev.id }) else {
+                throw ConfigError(option: "-netdev", value: text, reason: "Duplicate ID '\(netdev.id)' for netdev")
+            }
+            c.netdevs.append(netdev)
+        },
+        value(["net"], "none", "legacy network option (none; others accepted with a warning)") { c, text in
+            if text == "none" {
+                c.netNone = true
+            } else {
+                c.warnings.append("-net \(text): the legacy -net syntax is not implemented; use -netdev and -device")
+            }
+        },
         ignored(["object"], "type,id=id[,...]", "user-creatable object (not implemented)", "objects are not implemented; ignored"),
         ignored(["usb"], nil, "USB controller (not yet)", "USB is not implemented yet; no USB controller"),
         ignored(["usbdevice"], "device", "USB device (not yet)", "USB is not implemented yet; no USB device"),
