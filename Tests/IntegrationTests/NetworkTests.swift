@@ -14,33 +14,35 @@ final class NetworkTests: XCTestCase {
         try VMProcess.requireKVM()
         guard getuid() == 0 else { try Self.skip("not root: creating a tap interface needs CAP_NET_ADMIN") }
         guard FileManager.default.fileExists(atPath: "/dev/net/tun") else { try Self.skip("/dev/net/tun is missing") }
-        let ip = try StorageBootTests.tool("ip")
-        let dnsmasqPath = try StorageBootTests.tool("dnsmasq")
+        _ = try StorageBootTests.tool("ip")
+        _ = try StorageBootTests.tool("dnsmasq")
         let build = try VMProcess.guestsBuilt.get()
 
         let tap = "sdmt\(getpid() % 100_000)"
         let subnet = "10.213.\(Int(getpid() % 200) + 20)"
-        try StorageBootTests.run(ip, ["tuntap", "add", "dev", tap, "mode", "tap"])
-        defer { _ = try? StorageBootTests.run(ip, ["link", "del", tap]) }
-        try StorageBootTests.run(ip, ["addr", "add", "\(subnet).1/24", "dev", tap])
-        try StorageBootTests.run(ip, ["link", "set", tap, "up"])
+        try StorageBootTests.run("ip", ["tuntap", "add", "dev", tap, "mode", "tap"])
+        defer { _ = try? StorageBootTests.run("ip", ["link", "del", tap]) }
+        try StorageBootTests.run("ip", ["addr", "add", "\(subnet).1/24", "dev", tap])
+        try StorageBootTests.run("ip", ["link", "set", tap, "up"])
 
-        let dnsmasq = Process()
-        dnsmasq.executableURL = URL(fileURLWithPath: dnsmasqPath)
+        // dnsmasq runs as a daemon (its pid in a file) rather than a child Process: Foundation
+        // would sit in waitpid() on it and stop noticing swiftdm's exit.
+        let work = FileManager.default.temporaryDirectory.appendingPathComponent("net-\(getpid())")
+        try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: work) }
+        let pidFile = work.appendingPathComponent("dnsmasq.pid").path
+        let logFile = work.appendingPathComponent("dnsmasq.log").path
         // --no-ping: offer at once instead of probing the address for ~3 s first.
-        dnsmasq.arguments = ["--no-daemon", "--conf-file=/dev/null", "--interface=\(tap)", "--bind-interfaces",
-                             "--except-interface=lo", "--dhcp-range=\(subnet).50,\(subnet).59,1h", "--no-ping",
-                             "--no-resolv", "--port=0", "--leasefile-ro", "--log-dhcp"]
-        let log = Pipe()
-        dnsmasq.standardOutput = log
-        dnsmasq.standardError = log
-        try dnsmasq.run()
+        try StorageBootTests.run("dnsmasq", ["--conf-file=/dev/null", "--interface=\(tap)", "--bind-interfaces",
+                                             "--except-interface=lo", "--dhcp-range=\(subnet).50,\(subnet).59,1h", "--no-ping",
+                                             "--no-resolv", "--port=0", "--leasefile-ro", "--log-dhcp",
+                                             "--log-facility=\(logFile)", "--pid-file=\(pidFile)"])
         defer {
-            dnsmasq.terminate()
-            dnsmasq.waitUntilExit()
+            if let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
+               let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 1 {
+                kill(pid, SIGTERM)
+            }
         }
-        usleep(300_000)
-        XCTAssertTrue(dnsmasq.isRunning, "dnsmasq did not start")
 
         // libxl's spelling (xen-contract.md §A.2): -device before -netdev, and -net none.
         let (status, out, err) = try VMProcess.run([
@@ -56,9 +58,7 @@ final class NetworkTests: XCTestCase {
         XCTAssertTrue(out.contains("rtl8139: MAC 00:16:3e:5a:01:02"), out)
         XCTAssertTrue(out.contains("rtl8139: DHCPOFFER \(subnet).5"), out)
         XCTAssertTrue(out.contains("from \(subnet).1"), out)
-        dnsmasq.terminate()
-        dnsmasq.waitUntilExit()
-        let served = String(decoding: log.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let served = (try? String(contentsOfFile: logFile, encoding: .utf8)) ?? ""
         XCTAssertTrue(served.contains("DHCPOFFER(\(tap)) \(subnet).5"), served)
         XCTAssertTrue(served.contains("00:16:3e:5a:01:02"), served)
     }
