@@ -1,6 +1,6 @@
 /*
  * rtl8139: a tiny RTL8139 driver in C mode that asks a real DHCP server for an address.
- * Finds 10ec:8139 (rev 0x10: the 8139too-compatible chip), programs its I/O BAR and the PIRQ
+ * Finds 10ec:8139 (rev 0x10 under SwiftDM, 0x20 under QEMU), programs its I/O BAR and the PIRQ
  * link (IRQ 11), resets it, reads the station address from the 93C46 EEPROM by bit-banging
  * 9346CR (words 7-9) and compares it with IDR0-5, then sets up an 8 KiB receive ring (WRAP)
  * and broadcasts a DHCPDISCOVER through TSD/TSAD, retrying every ~2 s, until a DHCPOFFER for
@@ -158,7 +158,11 @@ void guest_main(void)
     if (bdf < 0) fatal("no 10ec:8139 on bus 0");
     u32 slot = ((u32)bdf >> 3) & 31;
     info("RTL8139 at 00:%02x.0", slot);
-    CHECK_EQ("class/revision", pci_read32(bdf, 0x08), 0x02000010u);
+    /* SwiftDM: rev 0x10 + RTL8139C (C mode only, Linux binds 8139too); QEMU: rev 0x20 +
+     * RTL8139C+ (Linux binds 8139cp). This driver uses C mode, which both have. */
+    u32 rev = pci_read8(bdf, 0x08);
+    CHECK(rev == 0x10 || rev == 0x20, "revision %02x", rev);
+    CHECK_EQ("class", pci_read32(bdf, 0x08) >> 8, 0x020000u);
     CHECK_EQ("interrupt pin", pci_read8(bdf, 0x3D), 1);
     pci_write32(bdf, 0x10, 0xFFFFFFFFu);
     CHECK_EQ("BAR0 probe (256 B I/O)", pci_read32(bdf, 0x10), 0xFFFFFF01u);
@@ -173,7 +177,9 @@ void guest_main(void)
     u64 t0 = rdtsc();
     while ((inb(IOBASE + CR) & 0x10) && !tsc_elapsed(t0, TSC_SECOND)) cpu_relax();
     CHECK_EQ("CR after reset (BUFE)", inb(IOBASE + CR), 0x01);
-    CHECK_EQ("TCR hardware version (RTL8139C)", inl(IOBASE + TCR) & 0x7CC00000u, 0x74000000u);
+    CHECK_EQ("TCR hardware version (RTL8139C, or C+ at rev 0x20)", inl(IOBASE + TCR) & 0x7CC00000u,
+             rev == 0x10 ? 0x74000000u : 0x74800000u);
+    info("revision %02x, TCR version %08x", rev, inl(IOBASE + TCR) & 0x7CC00000u);
     CHECK_EQ("BMSR link up", inw(IOBASE + BMSR) & 0x0004, 0x0004);
     CHECK_EQ("MSR link (LINKB clear)", inb(IOBASE + MSR) & 0x04, 0);
 
