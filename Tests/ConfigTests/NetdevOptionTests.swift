@@ -62,4 +62,13 @@ final class NetdevOptionTests: XCTestCase {
         XCTAssertFalse(legacy.netNone)
         XCTAssertEqual(legacy.warnings.count, 1)
     }
+
+    func testNICShorthand() throws {
+        let c = try parse(["-nic", "tap,model=rtl8139,mac=00:16:3e:00:00:09,ifname=vif3.0-emu,script=no,downscript=no"])
+        XCTAssertEqual(c.netdevs, [NetdevOption(id: "__org.qemu.nic0", kind: .tap(.init(ifname: "vif3.0-emu")))])
+        XCTAssertEqual(c.devices.map(\.text), ["rtl8139,netdev=__org.qemu.nic0,mac=00:16:3e:00:00:09"])
+        XCTAssertTrue(try parse(["-nic", "none"]).netNone)
+        XCTAssertNotNil(reason(["-nic", "tap,script=/etc/qemu-ifup"]))
+        XCTAssertNotNil(reason(["-nic", "none,model=rtl8139"]))
+    }
 }
