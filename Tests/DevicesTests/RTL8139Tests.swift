@@ -372,6 +372,39 @@ final class RTL8139Tests: XCTestCase {
         XCTAssertThrowsError(try other.loadState(from: &hostile, version: 1))
     }
 
+    /// Run through fuzz/ioreq/alloc-check.sh BUNDLE DevicesTests.RTL8139Tests/testHotPathAllocatesNothing:
+    /// transmit to the wire, receive from it, consume and acknowledge, 400 times.
+    func testHotPathAllocatesNothing() throws {
+        guard let symbol = dlsym(nil, "sdm_alloc_count") else {  // RTLD_DEFAULT is NULL on glibc
+            throw XCTSkip("run through fuzz/ioreq/alloc-check.sh BUNDLE DevicesTests.RTL8139Tests/testHotPathAllocatesNothing")
+        }
+        let allocations = unsafeBitCast(symbol, to: (@convention(c) () -> UInt64).self)
+        final class CountingWire: NetBackend {
+            let id = "count"
+            var sent = 0
+            func attach(_ frontend: (any NetFrontend)?) {}
+            func send(frame: UnsafeRawBufferPointer) -> Bool { sent += 1; return true }
+            func frontendReady() {}
+        }
+        let counting = CountingWire()
+        nic = RTL8139(mac: Self.mac, backend: counting, memory: rig.memory, clock: rig.clock)
+        start()
+        let f = frame(to: [0x00, 0x16, 0x3E, 0x12, 0x34, 0x56], length: 1000)
+        try rig.memory.write(at: UInt64(Self.tx), bytes: f)
+        for n in 0..<4 { w32(0x20 + 4 * UInt64(n), Self.tx) }
+        var before: UInt64 = 0
+        for i in 0..<420 {
+            if i == 20 { before = allocations() }
+            w32(0x10 + 4 * UInt64(i % 4), UInt32(f.count))
+            f.withUnsafeBytes { nic.receive(frame: $0) }
+            w16(0x38, r16(0x3A) &- 16)
+            w16(0x3E, r16(0x3E))
+        }
+        let after = allocations()
+        XCTAssertEqual(counting.sent, 420)
+        XCTAssertEqual(after - before, 0, "allocations on the TX/RX path")
+    }
+
     func testResetRestoresPowerOn() throws {
         start()
         w8(0x00, 0xEE)

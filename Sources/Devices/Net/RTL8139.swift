@@ -454,7 +454,11 @@ public final class RTL8139: PCIDevice, NetFrontend, Snapshottable, Resettable, @
     /// The RX status bits a frame earns, or nil when RCR filters it out.
     private func acceptance(_ frame: UnsafeRawBufferPointer) -> UInt16? {
         let promiscuous = rcr & RxConfig.acceptAllPhysical != 0
-        if (0..<6).allSatisfy({ frame[$0] == 0xFF }) {
+        // The destination and our address as 48-bit values, first octet lowest.
+        let destination = UInt64(frame.loadUnaligned(as: UInt32.self)) | UInt64(frame.loadUnaligned(fromByteOffset: 4, as: UInt16.self)) << 32
+        var station: UInt64 = 0
+        for i in 0..<6 { station |= UInt64(idr[i]) << UInt64(8 * i) }
+        if destination == 0xFFFF_FFFF_FFFF {
             return rcr & RxConfig.acceptBroadcast != 0 || promiscuous ? RxStatus.ok | RxStatus.broadcast : nil
         }
         if frame[0] & 1 != 0 {
@@ -463,7 +467,7 @@ public final class RTL8139: PCIDevice, NetFrontend, Snapshottable, Resettable, @
             let bit = Int(Self.multicastHash(frame))
             return mar[bit >> 3] & (1 << UInt8(bit & 7)) != 0 ? RxStatus.ok | RxStatus.multicast : nil
         }
-        if (0..<6).allSatisfy({ frame[$0] == idr[$0] }) {
+        if destination == station {
             return rcr & RxConfig.acceptPhysicalMatch != 0 || promiscuous ? RxStatus.ok | RxStatus.physical : nil
         }
         return promiscuous ? RxStatus.ok : nil
