@@ -64,6 +64,7 @@ final class RTL8139Tests: XCTestCase {
 
     /// What 8139too does: reset, ring, accept filter, interrupts, RE|TE.
     func start(rcr: UInt32 = 0x8E, imr: UInt16 = 0x1F) {
+        nic.configWrite(offset: 0x04, size: 2, value: 0x0005)  // I/O decoding, bus master
         w8(0x37, 0x10)
         w32(0x30, Self.ring)
         w32(0x44, rcr)
@@ -314,6 +315,16 @@ final class RTL8139Tests: XCTestCase {
             XCTAssertEqual(r16(0x3E) & 0x0008, 0x0008)
         }
         XCTAssertEqual(wire.sent.count, 0)
+        // Without bus mastering nothing moves: transmits abort, frames are missed.
+        nic.configWrite(offset: 0x04, size: 2, value: 0x0001)
+        w16(0x3E, 0xFFFF)
+        try transmit(frame(to: [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]), slot: 2)
+        XCTAssertEqual(r32(0x18) & 0x4000_0000, 0x4000_0000)
+        wire.inject(frame(to: [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]))
+        XCTAssertEqual(r32(0x4C), 1)
+        XCTAssertEqual(wire.sent.count, 0)
+        nic.configWrite(offset: 0x04, size: 2, value: 0x0005)
+        w32(0x4C, 0)
         // A receive ring outside RAM drops frames and counts them.
         w32(0x30, 0xFFFF_FF00)
         wire.inject(frame(to: [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]))

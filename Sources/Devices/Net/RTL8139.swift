@@ -348,6 +348,11 @@ public final class RTL8139: PCIDevice, NetFrontend, Snapshottable, Resettable, @
     private func transmit(_ n: Int) {
         guard command & Command.txEnable != 0 else { return }
         let size = Int(tsd[n] & TxStatus.sizeMask)
+        guard pci.config.busMasterEnabled else {
+            GuestErrorLog.shared.report(stateID, "TSD\(n) written with bus mastering off")
+            abortTransmit(n)
+            return
+        }
         guard size > 0, size <= Self.maxFrame else {
             GuestErrorLog.shared.report(stateID, "TSD\(n) frame size \(size) out of range 1...\(Self.maxFrame)")
             abortTransmit(n)
@@ -407,6 +412,11 @@ public final class RTL8139: PCIDevice, NetFrontend, Snapshottable, Resettable, @
 
     private func deliver(_ frame: UnsafeRawBufferPointer) {
         guard command & Command.rxEnable != 0, frame.count >= 6 else { return }
+        // Without bus mastering the NIC may not write memory: the frame is missed.
+        guard pci.config.busMasterEnabled else {
+            missedPackets &+= 1
+            return
+        }
         guard let status = acceptance(frame) else { return }
         guard frame.count <= Self.maxFrame else {
             missedPackets &+= 1
