@@ -30,8 +30,8 @@ struct DeviceContext {
     var usedNetdevs: Set<String> = []
     /// NICs built so far: the next default MAC address is QEMU's 52:54:00:12:34:56 + count.
     var nicCount = 0
-    /// The guest's clock (NIC timers count on it).
-    let clock: VirtualClock
+    /// Guest-time timers (the event loop's).
+    let timers: any TimerService
 }
 
 /// The `-device` drivers this machine knows, as one declared table (QEMU's `-device help`

@@ -16,7 +16,7 @@ func addRTL8139(list: inout OptionList, context: inout DeviceContext) throws(Con
     }
     _ = try list.takeUInt("bootindex", max: 0xFFFF)
     let name = context.deviceID ?? "rtl8139.\(context.nicCount)"
-    let nic = RTL8139(mac: mac, backend: backend, memory: context.memory, clock: context.clock, rom: rom,
+    let nic = RTL8139(mac: mac, backend: backend, memory: context.memory, timers: context.timers, rom: rom,
                       stateID: "rtl8139:\(name)")
     try plugPCI(nic, list: &list, pci: context.pci)
     context.nicCount += 1

@@ -129,7 +129,7 @@ extension PCMachine {
         var context = DeviceContext(ports: ports, mmio: mmio, pci: pci, router: router, memory: memory, poster: loop,
                                     notifications: notifications,
                                     onDebugExit: { [weak self] status in self?.requestExit(status: status) },
-                                    deviceRAM: deviceRAM, clock: loop.clock)
+                                    deviceRAM: deviceRAM, timers: loop)
         context.ide = ide
         context.netdevs = try openNetdevs()
         for var list in config.devices {

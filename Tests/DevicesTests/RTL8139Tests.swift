@@ -51,7 +51,7 @@ final class RTL8139Tests: XCTestCase {
     override func setUpWithError() throws {
         rig = try LegacyTestRig()
         wire = LoopbackNetBackend()
-        nic = RTL8139(mac: Self.mac, backend: wire, memory: rig.memory, clock: rig.clock)
+        nic = RTL8139(mac: Self.mac, backend: wire, memory: rig.memory, timers: rig.timers)
     }
 
     func r8(_ o: UInt64) -> UInt8 { UInt8(nic.read(region: 0, offset: o, size: 1)) }
@@ -360,7 +360,7 @@ final class RTL8139Tests: XCTestCase {
         try transmit(frame(to: [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]))
         var w = StateWriter()
         nic.saveState(to: &w)
-        let other = RTL8139(mac: Self.mac, backend: nil, memory: rig.memory, clock: rig.clock)
+        let other = RTL8139(mac: Self.mac, backend: nil, memory: rig.memory, timers: rig.timers)
         var r = StateReader(bytes: w.bytes, section: "rtl8139")
         try other.loadState(from: &r, version: 1)
         XCTAssertTrue(r.isAtEnd)
@@ -398,7 +398,7 @@ final class RTL8139Tests: XCTestCase {
             func frontendReady() {}
         }
         let counting = CountingWire()
-        nic = RTL8139(mac: Self.mac, backend: counting, memory: rig.memory, clock: rig.clock)
+        nic = RTL8139(mac: Self.mac, backend: counting, memory: rig.memory, timers: rig.timers)
         start()
         let f = frame(to: [0x00, 0x16, 0x3E, 0x12, 0x34, 0x56], length: 1000)
         try rig.memory.write(at: UInt64(Self.tx), bytes: f)
@@ -414,6 +414,26 @@ final class RTL8139Tests: XCTestCase {
         let after = allocations()
         XCTAssertEqual(counting.sent, 420)
         XCTAssertEqual(after - before, 0, "allocations on the TX/RX path")
+    }
+
+    func testTimerCountsAndRaisesTimeout() {
+        start(imr: 0x4000)
+        w32(0x48, 0)  // TCTR restarts
+        rig.advance(nanoseconds: 1_000_000)
+        XCTAssertEqual(r32(0x48), 33_000, "33 MHz")
+        w32(0x54, 66_000)  // TimerInt: 2 ms after the restart
+        rig.advance(nanoseconds: 900_000)
+        XCTAssertEqual(r16(0x3E) & 0x4000, 0)
+        rig.advance(nanoseconds: 200_000)
+        XCTAssertEqual(r16(0x3E) & 0x4000, 0x4000, "TimeOut once TCTR reaches TimerInt")
+        XCTAssertTrue(intx)
+        w16(0x3E, 0x4000)
+        rig.advance(nanoseconds: 10_000_000)
+        XCTAssertEqual(r16(0x3E) & 0x4000, 0, "next time only after the counter wraps")
+        w32(0x54, 0)
+        w32(0x48, 0)
+        rig.advance(nanoseconds: 200_000_000_000)
+        XCTAssertEqual(r16(0x3E) & 0x4000, 0, "TimerInt 0 disables")
     }
 
     func testResetRestoresPowerOn() throws {

@@ -41,7 +41,8 @@ final class Harness: @unchecked Sendable {
     func run(_ data: UnsafeRawBufferPointer) {
         memset(ram.baseAddress, 0, ramSize)
         let wire = Wire()
-        let nic = RTL8139(mac: MACAddress(value: 0x0016_3E12_3456), backend: wire, memory: memory, clock: clock)
+        let timers = TimerList(clock: clock)  // per input: the NIC's timer goes with it
+        let nic = RTL8139(mac: MACAddress(value: 0x0016_3E12_3456), backend: wire, memory: memory, timers: timers)
         nic.configWrite(offset: 0x04, size: 2, value: data.first.map { $0 & 0x40 != 0 ? 0x0001 : 0x0005 } ?? 0x0005)
         var at = 0
         func byte() -> Int? {

@@ -66,6 +66,8 @@ public final class RTL8139: PCIDevice, NetFrontend, Snapshottable, Resettable, @
     public var stateVersion: UInt32 { 1 }
     private let memory: any GuestMemory
     private let clock: VirtualClock
+    /// Fires when TCTR reaches TimerInt (ISR TimeOut), once per counter period.
+    private var timeoutTimer: (any DeviceTimer)?
     private let backend: (any NetBackend)?
     /// The address `mac=` gave (or QEMU's default): what the EEPROM holds at power-on.
     public let configuredMAC: MACAddress
@@ -104,7 +106,7 @@ public final class RTL8139: PCIDevice, NetFrontend, Snapshottable, Resettable, @
     private var txBuffer = [UInt8](repeating: 0, count: RTL8139.maxFrame)
     private var rxEntry = [UInt8](repeating: 0, count: 4 + RTL8139.maxFrame + 4)
 
-    public init(mac: MACAddress, backend: (any NetBackend)?, memory: any GuestMemory, clock: VirtualClock,
+    public init(mac: MACAddress, backend: (any NetBackend)?, memory: any GuestMemory, timers: any TimerService,
                 rom: [UInt8] = [], stateID: String = "rtl8139") {
         let config = PCIConfigSpace(vendor: Self.vendorID, device: Self.deviceID, revision: Self.revision,
                                     classCode: 0x02_0000, interruptPin: 1)
@@ -114,11 +116,12 @@ public final class RTL8139: PCIDevice, NetFrontend, Snapshottable, Resettable, @
                           rom: rom)
         self.stateID = stateID
         self.memory = memory
-        self.clock = clock
+        clock = timers.clock
         self.backend = backend
         configuredMAC = mac
         eeprom = EEPROM93C46(words: Self.eepromImage(mac))
         softReset()
+        timeoutTimer = timers.makeTimer { [weak self] in self?.timerExpired() }
         backend?.attach(self)
     }
 
@@ -260,14 +263,18 @@ public final class RTL8139: PCIDevice, NetFrontend, Snapshottable, Resettable, @
             rxRead &= ringSize - 1
             rxWrite &= ringSize - 1
             backend?.frontendReady()
-        case Reg.tctr: timerEpoch = clock.now()
+        case Reg.tctr:
+            timerEpoch = clock.now()
+            armTimeout()
         case Reg.mpc: missedPackets = 0
         case Reg.cfg9346: writeEEPROMControl(UInt8(truncatingIfNeeded: value))
         case Reg.config1: if configWritable { config1 = UInt8(truncatingIfNeeded: value) }
         case Reg.config3: if configWritable { config3 = UInt8(truncatingIfNeeded: value) }
         case Reg.config4: if configWritable { config4 = UInt8(truncatingIfNeeded: value) }
         case Reg.config5: if configWritable { config5 = UInt8(truncatingIfNeeded: value) }
-        case Reg.timerInt: timerInterval = value
+        case Reg.timerInt:
+            timerInterval = value
+            armTimeout()
         case Reg.mulint: multipleInterrupt = UInt16(truncatingIfNeeded: value) & 0x0FFF
         case Reg.bmcr:
             // Reset (bit 15) and restart-autonegotiation (bit 9) complete at once.
@@ -315,6 +322,29 @@ public final class RTL8139: PCIDevice, NetFrontend, Snapshottable, Resettable, @
     private var timerCount: UInt32 {
         let elapsed = clock.now() &- timerEpoch
         return UInt32(truncatingIfNeeded: elapsed / 1000 &* 33 &+ (elapsed % 1000) &* 33 / 1000)
+    }
+
+    /// TCTR counts 33 MHz PCI clocks from `timerEpoch` and wraps at 2^32 (about 130 s).
+    static func nanoseconds(ticks: UInt64) -> UInt64 { ticks / 33 * 1000 + ticks % 33 * 1000 / 33 }
+    static let counterPeriod = nanoseconds(ticks: 1 << 32)
+
+    /// Arms the timer for the next time TCTR equals TimerInt; 0 disables it.
+    private func armTimeout() {
+        guard let timeoutTimer else { return }
+        guard timerInterval != 0 else {
+            timeoutTimer.cancel()
+            return
+        }
+        let now = clock.now()
+        let elapsed = (now &- timerEpoch) % Self.counterPeriod
+        let target = Self.nanoseconds(ticks: UInt64(timerInterval))
+        let wait = target > elapsed ? target - elapsed : Self.counterPeriod - elapsed + target
+        timeoutTimer.arm(at: now &+ max(wait, 1))
+    }
+
+    private func timerExpired() {
+        raise(Interrupt.timeout)
+        armTimeout()
     }
 
     /// TSAD (0x60): TOK in bits 15-12, TUN 11-8, TABT 7-4, OWN 3-0, one bit per descriptor.
@@ -519,6 +549,7 @@ public final class RTL8139: PCIDevice, NetFrontend, Snapshottable, Resettable, @
         missedPackets = 0
         timerInterval = 0
         timerEpoch = clock.now()
+        timeoutTimer?.cancel()
         multipleInterrupt = 0
         bmcr = 0x3100
         anar = 0x05E1
@@ -591,7 +622,7 @@ public final class RTL8139: PCIDevice, NetFrontend, Snapshottable, Resettable, @
         rcr = newRCR
         missedPackets = words[5]
         timerInterval = words[6]
-        timerEpoch = clock.now() &- UInt64(words[7]) * 1000 / 33
+        timerEpoch = clock.now() &- Self.nanoseconds(ticks: UInt64(words[7]))
         command = newCommand
         imr = newIMR & Interrupt.implemented
         isr = newISR & Interrupt.implemented
@@ -604,6 +635,7 @@ public final class RTL8139: PCIDevice, NetFrontend, Snapshottable, Resettable, @
         bmcr = newBMCR & 0x3100
         anar = newANAR
         eeprom = newEEPROM
+        armTimeout()
         updateInterrupt()
         backend?.frontendReady()
     }
