@@ -50,7 +50,8 @@ public final class RTL8139: PCIDevice, NetFrontend, Snapshottable, Resettable, @
     public enum RxConfig {
         public static let acceptAllPhysical: UInt32 = 0x01, acceptPhysicalMatch: UInt32 = 0x02
         public static let acceptMulticast: UInt32 = 0x04, acceptBroadcast: UInt32 = 0x08
-        public static let noWrap: UInt32 = 0x80
+        /// WRAP: an entry may run past the ring's end (the driver allocated the slack).
+        public static let wrap: UInt32 = 0x80
         static let writable: UInt32 = 0x0F03_FFBF
     }
 
@@ -100,6 +101,8 @@ public final class RTL8139: PCIDevice, NetFrontend, Snapshottable, Resettable, @
     private var bmcr: UInt16 = 0x3100
     private var anar: UInt16 = 0x05E1
     public private(set) var eeprom: EEPROM93C46
+    /// Whether the cable is plugged in (BMSR, MSR, ANLPAR follow it; frames are dropped while
+    /// it is out). Always in for now: QMP set_link is not implemented.
     public var linkUp = true
 
     /// Reused per frame: one transmit, one receive entry (header + largest frame + CRC).
@@ -284,7 +287,7 @@ public final class RTL8139: PCIDevice, NetFrontend, Snapshottable, Resettable, @
         }
     }
 
-    /// CONFIG0-5 and BMCR-era registers accept writes only in "config register write enable" mode.
+    /// CONFIG1/3/4/5 accept writes only in 9346CR's "config register write enable" mode.
     private var configWritable: Bool { cfg9346 & 0xC0 == 0xC0 }
 
     private func writeCommand(_ value: UInt8) {
@@ -371,7 +374,6 @@ public final class RTL8139: PCIDevice, NetFrontend, Snapshottable, Resettable, @
         pci.setINTx(isr & imr != 0)
     }
 
-    public var interruptStatus: UInt16 { isr }
 
     // MARK: Transmit
 
@@ -476,7 +478,7 @@ public final class RTL8139: PCIDevice, NetFrontend, Snapshottable, Resettable, @
             let room = Int(size - offset)
             // With WRAP (RCR bit 7) the driver reserved space past the ring's end; a 64 KiB ring
             // always wraps.
-            if length <= room || (rcr & RxConfig.noWrap != 0 && size < 65536) {
+            if length <= room || (rcr & RxConfig.wrap != 0 && size < 65536) {
                 try memory.write(at: base + UInt64(offset), bytes: rxEntry[0..<length])
             } else {
                 try memory.write(at: base + UInt64(offset), bytes: rxEntry[0..<room])
