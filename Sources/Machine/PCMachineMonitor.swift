@@ -177,10 +177,11 @@ extension PCMachine: MonitorHost {
 
     public var blockDevices: [JSONValue] { blockQueryEntries }
     public var blockStats: [JSONValue] { blockStatsEntries }
-    public var vncInfo: JSONValue? { nil }
+    public var vncInfo: JSONValue? { vncQueryInfo }
 
     public func setVNCPassword(_ password: String) throws(QMPError) {
-        throw .generic("no VNC display")
+        guard let vnc else { throw .generic("no VNC display") }
+        vnc.setPassword(password)
     }
 
     public func screenshot() throws(QMPError) -> Screenshot {
