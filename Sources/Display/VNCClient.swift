@@ -30,6 +30,8 @@ final class VNCClient {
     let fd: Int32
     let peer: VNCPeerAddress
     unowned let server: VNCServer
+    /// Its own reference: `close` runs from the server's deinit too, when `server` is gone.
+    private let loop: EventLoop
     private(set) var phase = Phase.version
     private var minorVersion = 8
     private var challenge: [UInt8] = []
@@ -61,6 +63,7 @@ final class VNCClient {
         self.fd = fd
         self.peer = peer
         self.server = server
+        loop = server.loop
         output.append(contentsOf: Array("RFB 003.008\n".utf8))
     }
 
@@ -450,7 +453,7 @@ final class VNCClient {
         let wantWriter = !output.isEmpty
         guard wantWriter != writerArmed else { return }
         writerArmed = wantWriter
-        try? server.loop.setWriter(fd, wantWriter ? { [weak self] in self?.writable() } : nil)
+        try? loop.setWriter(fd, wantWriter ? { [weak self] in self?.writable() } : nil)
     }
 
     private func writable() {
@@ -461,7 +464,7 @@ final class VNCClient {
     func close() {
         guard phase != .closed else { return }
         phase = .closed
-        server.loop.removeReader(fd)
+        loop.removeReader(fd)
         Glibc.close(fd)
     }
 }
