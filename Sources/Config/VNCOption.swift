@@ -86,6 +86,9 @@ public struct VNCOption: Sendable, Equatable {
         }
         _ = try list.takeBool("lossy")
         _ = try list.takeBool("non-adaptive")
+        // A bare "non-adaptive" reads as "n-adaptive=off" in the option-list grammar (QEMU
+        // knows the name and keeps it whole).
+        _ = list.take("n-adaptive")
         if list.take("websocket") != nil {
             option.warnings.append("-vnc \(text): websocket is not supported; only plain RFB clients can connect")
         }
