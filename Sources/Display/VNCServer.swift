@@ -72,19 +72,24 @@ public final class VNCServer {
             do throws(SystemError) {
                 try loop.addReader(fd) { [weak self] in self?.accept(from: fd) }
             } catch {
-                for fd in listeners { close(fd) }
+                for fd in listeners { Glibc.close(fd) }
                 throw VNCError(message: "vnc: \(error)")
             }
         }
     }
 
-    deinit {
+    deinit { close() }
+
+    /// Stops listening and disconnects every client (the machine shuts down). Idempotent.
+    public func close() {
         for fd in listeners {
             loop.removeReader(fd)
-            close(fd)
+            Glibc.close(fd)
         }
+        if !listeners.isEmpty, case .unix(let path) = option.address { unlink(path) }
+        listeners = []
         for client in clients { client.close() }
-        if case .unix(let path) = option.address { unlink(path) }
+        clients = []
     }
 
     // MARK: Clients
@@ -134,7 +139,7 @@ public final class VNCServer {
     func adopt(fd: Int32, peer: VNCPeerAddress) {
         guard clients.count < Self.maxClients else {
             log("swiftdm: vnc: refusing \(peer.host):\(peer.service): already \(Self.maxClients) clients")
-            close(fd)
+            Glibc.close(fd)
             return
         }
         if peer.family != "unix" {
@@ -146,7 +151,7 @@ public final class VNCServer {
             try loop.addReader(fd) { [weak client] in client?.readable() }
         } catch {
             log("swiftdm: vnc: \(error)")
-            close(fd)
+            Glibc.close(fd)
             return
         }
         clients.append(client)
@@ -203,7 +208,7 @@ public final class VNCServer {
         }
         guard bound == 0, listen(fd, 16) == 0 else {
             let message = String(cString: strerror(errno))
-            close(fd)
+            Glibc.close(fd)
             throw VNCError(message: "vnc: cannot listen on unix:\(path): \(message)")
         }
         return ([fd], VNCPeerAddress(family: "unix", host: path, service: ""))
@@ -243,11 +248,11 @@ public final class VNCServer {
                 } else {
                     if errno == EADDRINUSE { inUse = true }
                     lastError = String(cString: strerror(errno))
-                    close(fd)
+                    Glibc.close(fd)
                 }
             }
             if inUse || fds.isEmpty {
-                for fd in fds { close(fd) }
+                for fd in fds { Glibc.close(fd) }
                 continue
             }
             var storage = sockaddr_storage()
