@@ -44,7 +44,7 @@ public final class VNCServer {
 
     private var listeners: [Int32] = []
     public private(set) var address: VNCPeerAddress
-    private var clients: [VNCClient] = []
+    private(set) var clients: [VNCClient] = []
     /// The VNC password's bytes; nil until set (then `password=on` refuses every login).
     private(set) var password: [UInt8]?
 
