@@ -42,6 +42,8 @@ final class VNCClient {
     private var readBuffer = [UInt8](repeating: 0, count: readChunk)
     var output = OutputBuffer()
     private var writerArmed = false
+    /// Made once: arming the writer after every large update must not allocate a closure.
+    private lazy var writableHandler: () -> Void = { [weak self] in self?.writable() }
 
     private var converter = PixelConverter(.native)
     private var encoder = RectEncoder()
@@ -453,7 +455,7 @@ final class VNCClient {
         let wantWriter = !output.isEmpty
         guard wantWriter != writerArmed else { return }
         writerArmed = wantWriter
-        try? loop.setWriter(fd, wantWriter ? { [weak self] in self?.writable() } : nil)
+        try? loop.setWriter(fd, wantWriter ? writableHandler : nil)
     }
 
     private func writable() {

@@ -1,4 +1,7 @@
 import XCTest
+#if canImport(Glibc)
+import Glibc
+#endif
 @testable import Display
 
 /// The encoder alone, against the test's own decoder: random pictures with few or many colours,
@@ -65,5 +68,41 @@ final class HextileEncoderTests: XCTestCase {
                 XCTAssertLessThanOrEqual(bytes.count, rect.width * rect.height * format.bytesPerPixel + tiles)
             }
         }
+    }
+}
+
+/// Encoding an update allocates nothing once the client's buffers have grown, when the
+/// malloc-counting interposer is preloaded (`fuzz/ioreq/alloc-check.sh <bundle>
+/// DisplayTests.EncoderAllocationTests/testEncodingAllocatesNothing`); skips otherwise.
+final class EncoderAllocationTests: XCTestCase {
+    func testEncodingAllocatesNothing() throws {
+        guard let symbol = dlsym(nil, "sdm_alloc_count") else {  // RTLD_DEFAULT is NULL on glibc
+            throw XCTSkip("run through fuzz/ioreq/alloc-check.sh to count allocations")
+        }
+        let allocations = unsafeBitCast(symbol, to: (@convention(c) () -> UInt64).self)
+        let width = 320, height = 200
+        var pixels = [UInt32](repeating: 0, count: width * height)
+        var encoder = RectEncoder()
+        var out = OutputBuffer()
+        let converters = [PixelConverter(.native),
+                          PixelConverter(RFBPixelFormat(bitsPerPixel: 16, depth: 16, bigEndian: true, redMax: 31, greenMax: 63,
+                                                        blueMax: 31, redShift: 11, greenShift: 5, blueShift: 0))]
+        var counted: [UInt64] = []
+        for round in 0..<20 {
+            for i in pixels.indices {
+                pixels[i] = i % 7 == round % 7 ? 0xFF_FFFF : UInt32(truncatingIfNeeded: (i / 40) &* 2_654_435_761) & 0xF0F0F0
+            }
+            for converter in converters {
+                out.removeAll()
+                let before = allocations()
+                pixels.withUnsafeBufferPointer { p in
+                    encoder.appendHextile(p, stride: width, Rect(x: 0, y: 0, width: width, height: height), converter, to: &out)
+                    RectEncoder.appendRaw(p, stride: width, Rect(x: 3, y: 5, width: 100, height: 50), converter, to: &out)
+                }
+                let after = allocations()
+                if round > 0 { counted.append(after - before) }  // round 0 grows the buffer
+            }
+        }
+        XCTAssertEqual(counted.reduce(0, +), 0, "allocations per update: \(counted.prefix(20))")
     }
 }
