@@ -2,6 +2,7 @@
 enum RFBEncoding {
     static let raw: Int32 = 0
     static let hextile: Int32 = 5
+    static let zrle: Int32 = 16
     static let desktopSize: Int32 = -223
     /// QEMU's extended key events: the client may send XT scan codes with its key events.
     static let qemuExtendedKeyEvent: Int32 = -258

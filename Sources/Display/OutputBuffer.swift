@@ -22,6 +22,9 @@ struct OutputBuffer {
         append16(UInt16(truncatingIfNeeded: value))
     }
     mutating func append(contentsOf data: some Collection<UInt8>) { bytes.append(contentsOf: data) }
+    /// The hot path's variant (a compressed rectangle): concrete, so it stays allocation-free
+    /// even unoptimised.
+    mutating func append(contentsOf data: [UInt8]) { bytes.append(contentsOf: data) }
 
     /// Where the next byte will go, for patching a count in later or undoing an attempt.
     var endMark: Int { bytes.count }

@@ -47,7 +47,9 @@ final class VNCClient {
 
     private var converter = PixelConverter(.native)
     private var encoder = RectEncoder()
-    private var useHextile = false
+    private var zrle = ZRLEEncoder()
+    /// Raw, Hextile or ZRLE: the first of them the client listed.
+    private var updateEncoding = RFBEncoding.raw
     private(set) var desktopSizeSupported = false
     private var extendedKeysAcknowledged = false
     private var updateRequested = false
@@ -297,7 +299,8 @@ final class VNCClient {
     }
 
     private func setEncodings(_ encodings: [Int32]) {
-        useHextile = encodings.first { $0 == RFBEncoding.raw || $0 == RFBEncoding.hextile } == RFBEncoding.hextile
+        updateEncoding = encodings.first { [RFBEncoding.raw, RFBEncoding.hextile, RFBEncoding.zrle].contains($0) }
+            ?? RFBEncoding.raw
         desktopSizeSupported = encodings.contains(RFBEncoding.desktopSize)
         if encodings.contains(RFBEncoding.qemuExtendedKeyEvent) && !extendedKeysAcknowledged {
             // Announced as a pseudo-rectangle; the client may then send message 255/0.
@@ -409,11 +412,11 @@ final class VNCClient {
                     }
                     let rect = Rect(x: tx * ts, y: ty * ts, width: min(end * ts, fb.width) - tx * ts,
                                     height: min((ty + 1) * ts, fb.height) - ty * ts)
-                    appendRectHeader(rect, useHextile ? RFBEncoding.hextile : RFBEncoding.raw)
-                    if useHextile {
-                        encoder.appendHextile(pixels, stride: fb.width, rect, converter, to: &output)
-                    } else {
-                        RectEncoder.appendRaw(pixels, stride: fb.width, rect, converter, to: &output)
+                    appendRectHeader(rect, updateEncoding)
+                    switch updateEncoding {
+                    case RFBEncoding.hextile: encoder.appendHextile(pixels, stride: fb.width, rect, converter, to: &output)
+                    case RFBEncoding.zrle: zrle.append(pixels, stride: fb.width, rect, converter, to: &output)
+                    default: RectEncoder.appendRaw(pixels, stride: fb.width, rect, converter, to: &output)
                     }
                     rects += 1
                     tx = end

@@ -71,7 +71,7 @@ final class HextileEncoderTests: XCTestCase {
     }
 }
 
-/// Encoding an update allocates nothing once the client's buffers have grown, when the
+/// Encoding an update (Hextile, Raw, ZRLE) allocates nothing once the client's buffers have grown, when the
 /// malloc-counting interposer is preloaded (`fuzz/ioreq/alloc-check.sh <bundle>
 /// DisplayTests.EncoderAllocationTests/testEncodingAllocatesNothing`); skips otherwise.
 final class EncoderAllocationTests: XCTestCase {
@@ -83,6 +83,7 @@ final class EncoderAllocationTests: XCTestCase {
         let width = 320, height = 200
         var pixels = [UInt32](repeating: 0, count: width * height)
         var encoder = RectEncoder()
+        var zrle = ZRLEEncoder()
         var out = OutputBuffer()
         let converters = [PixelConverter(.native),
                           PixelConverter(RFBPixelFormat(bitsPerPixel: 16, depth: 16, bigEndian: true, redMax: 31, greenMax: 63,
@@ -98,6 +99,7 @@ final class EncoderAllocationTests: XCTestCase {
                 pixels.withUnsafeBufferPointer { p in
                     encoder.appendHextile(p, stride: width, Rect(x: 0, y: 0, width: width, height: height), converter, to: &out)
                     RectEncoder.appendRaw(p, stride: width, Rect(x: 3, y: 5, width: 100, height: 50), converter, to: &out)
+                    zrle.append(p, stride: width, Rect(x: 0, y: 0, width: width, height: height), converter, to: &out)
                 }
                 let after = allocations()
                 if round > 0 { counted.append(after - before) }  // round 0 grows the buffer

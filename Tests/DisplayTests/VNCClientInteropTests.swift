@@ -112,6 +112,37 @@ final class VNCClientInteropTests: XCTestCase {
         XCTAssertTrue(image.pixels == h.lock.withLock { h.framebuffer.pixels }, "every pixel as drawn")
     }
 
+    /// vncdotool's command line asks for Raw only; its library decodes ZRLE (with Python's
+    /// zlib), so a short script asks for that.
+    func testVncdotoolZRLECaptureMatchesTheFramebuffer() throws {
+        let python = Self.venv.appendingPathComponent("python3").path
+        try Self.require(Self.venv.appendingPathComponent("vncdo").path, "vncdotool")
+        let (h, port) = try startServer(width: 333, height: 211)
+        h.draw { x, y in
+            // Solid areas, few-colour areas, runs and noise: every ZRLE tile form.
+            if y < 64 { return Self.pattern(x, y) }
+            if y < 128 { return (x / 3 + y) % 5 == 0 ? 0xFF00FF : 0x202020 + UInt32(x / 50) }
+            if x < 200 { return UInt32(truncatingIfNeeded: (x / 7) &* 977 &+ (y / 9) &* 131) & 0xFFFFFF }
+            return UInt32(truncatingIfNeeded: x &* 2_654_435_761 ^ y &* 40503) & 0xFFFFFF
+        }
+        let shot = directory.appendingPathComponent("zrle.bmp")
+        let script = """
+            import sys
+            from vncdotool import api, client, rfb
+            client.VNCDoToolClient.encoding = rfb.Encoding.ZRLE
+            c = api.connect(sys.argv[1])
+            c.captureScreen(sys.argv[2])
+            c.disconnect()
+            api.shutdown()
+            """
+        let (status, output) = try Self.run(python, ["-c", script, "127.0.0.1::\(port)", shot.path])
+        XCTAssertEqual(status, 0, output)
+        let image = try readImage(shot)
+        XCTAssertEqual(image.width, 333)
+        XCTAssertEqual(image.height, 211)
+        XCTAssertTrue(image.pixels == h.lock.withLock { h.framebuffer.pixels }, "every pixel as drawn, through ZRLE")
+    }
+
     func testVncdotoolKeysArriveAsScanCodes() throws {
         let vncdo = Self.venv.appendingPathComponent("vncdo").path
         try Self.require(vncdo, "vncdotool")
