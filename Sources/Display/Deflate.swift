@@ -7,8 +7,9 @@
 struct DeflateStream {
     private var headerSent = false
     /// Last position of each 3-byte hash, counted over the whole stream so that positions from
-    /// earlier rectangles (below `base`) are told apart without clearing the table.
-    private var head = [Int](repeating: -1, count: 1 << 15)
+    /// earlier rectangles (below `base`) are told apart without clearing the table. Allocated
+    /// on first use: clients that never ask for ZRLE do not pay its 256 KiB.
+    private var head: [Int] = []
     private var base = 0
     private var bitBuffer: UInt64 = 0
     private var bitCount = 0
@@ -36,6 +37,7 @@ struct DeflateStream {
             out.append(0x78)  // deflate, 32 KiB window
             out.append(0x01)  // no preset dictionary, fastest; 0x7801 is a multiple of 31
             headerSent = true
+            head = [Int](repeating: -1, count: 1 << 15)
         }
         put(0b010, 3, to: &out)  // not final, fixed Huffman codes
         // Plain indexing, no closures: the loop must not allocate.
