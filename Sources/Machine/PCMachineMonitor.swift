@@ -179,8 +179,10 @@ extension PCMachine: MonitorHost {
     public var blockStats: [JSONValue] { blockStatsEntries }
     public var vncInfo: JSONValue? { vncQueryInfo }
 
+    /// QEMU refuses (with this message) when there is no VNC server or it runs without
+    /// `password=on`: a password would not be asked for.
     public func setVNCPassword(_ password: String) throws(QMPError) {
-        guard let vnc else { throw .generic("no VNC display") }
+        guard let vnc, vnc.option.password else { throw .generic("Could not set password") }
         vnc.setPassword(password)
     }
 

@@ -118,6 +118,9 @@ final class VNCTests: XCTestCase {
         XCTAssertEqual(snapped, 0, snapOutput)
         XCTAssertTrue(FileManager.default.fileExists(atPath: jpeg.path))
         XCTAssertFalse(vm.stderr.contains("vnc"), "nothing alarming logged: \(vm.stderr)")
+        // Without password=on, QEMU refuses to set one.
+        XCTAssertEqual(QMPTestClient.errorDesc(try qmp.execute("change-vnc-password", ["password": "x"])),
+                       "Could not set password")
         _ = try qmp.execute("quit")
     }
 
