@@ -2,7 +2,7 @@
 # Installs what building, running and testing SwiftDM needs on Debian 12 (run as root, or
 # with sudo available). Safe to re-run; skips apt when everything is already there.
 set -eu
-packages="seabios qemu-system-data gcc make binutils libc6-dev libstdc++-12-dev qemu-utils zlib1g-dev python3 python3-pip xorriso grub-pc-bin mtools fdisk python3-venv vncsnapshot"
+packages="seabios qemu-system-data gcc make binutils libc6-dev libstdc++-12-dev qemu-utils zlib1g-dev python3 python3-pip xorriso grub-pc-bin mtools fdisk python3-venv dnsmasq-base iproute2 ipxe-qemu vncsnapshot"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

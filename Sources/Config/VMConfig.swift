@@ -25,6 +25,10 @@ public struct VMConfig: Sendable, Equatable {
     public var noReboot = false
     public var noShutdown = false
     public var devices: [OptionList] = []
+    /// `-netdev` backends in order, ids unique.
+    public var netdevs: [NetdevOption] = []
+    /// `-net none`: no default network (SwiftDM makes none anyway; recorded for fidelity).
+    public var netNone = false
     /// `-vga` was given (even `none`): no default VGA then.
     public var vgaChosen = false
     /// `-drive` lists in order; `-hda`..`-hdd` and `-cdrom` arrive here as the `-drive` they mean.
@@ -79,6 +83,7 @@ public struct VMConfig: Sendable, Equatable {
             && a.incoming == b.incoming && a.xenDomainID == b.xenDomainID && a.xenAttach == b.xenAttach
             && a.xenRestrict == b.xenRestrict && a.runAsUser == b.runAsUser && a.chrootDirectory == b.chrootDirectory
             && a.noACPI == b.noACPI && a.warnings == b.warnings && a.vgaChosen == b.vgaChosen && a.vnc == b.vnc
+            && a.netdevs == b.netdevs && a.netNone == b.netNone
     }
 
     /// The `-chardev` ids a monitor serves: the machine must not open them as devices.
