@@ -257,9 +257,13 @@ public enum CommandLineParser {
             return nil
         },
         flag(["no-acpi"], "no ACPI (under Xen, hvmloader builds the tables)") { $0.noACPI = true },
-        ignored(["vnc"], "display", "VNC server (not yet: accepted with a warning)", silentFor: ["none"],
-                "there is no VNC server yet; the guest runs without a display"),
-        ignored(["k"], "keymap", "VNC keyboard layout (no VNC yet)", "there is no VNC server yet; keymap ignored"),
+        value(["vnc"], "[host]:display[,to=N][,password=on][,share=...]|unix:path|none",
+              "VNC server on port 5900+display") { c, text throws(ConfigError) in
+            c.vnc = try VNCOption.parse(text)
+            c.warnings += c.vnc?.warnings ?? []
+        },
+        ignored(["k"], "keymap", "VNC keyboard layout (keysyms are mapped as US)", silentFor: ["en-us"],
+                "keymaps are not supported; VNC keys are mapped as a US keyboard"),
         ignored(["spice"], "options", "SPICE server (not implemented)", "SPICE is not implemented; the guest runs without it"),
         value(["netdev"], "[type=]tap,id=id[,ifname=name|fd=N][,script=no,downscript=no]",
               "network backend for a NIC's netdev= (tap; other types accepted with a warning)") { c, text throws(ConfigError) in

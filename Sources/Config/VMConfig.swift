@@ -62,6 +62,8 @@ public struct VMConfig: Sendable, Equatable {
     public var chrootDirectory: String?
     /// `-no-acpi`: the firmware should not describe ACPI (Xen's hvmloader decides under Xen).
     public var noACPI = false
+    /// `-vnc`: nil without one (or with `none`).
+    public var vnc: VNCOption?
     /// Options accepted but not acted on (devices, displays, networks we do not have yet), one
     /// line each, printed at start so a libxl-built command line still starts the guest.
     public var warnings: [String] = []
@@ -80,7 +82,7 @@ public struct VMConfig: Sendable, Equatable {
             && a.append == b.append && a.fwCfgDMA == b.fwCfgDMA && a.logItems == b.logItems && a.monitors == b.monitors && a.uuid == b.uuid
             && a.incoming == b.incoming && a.xenDomainID == b.xenDomainID && a.xenAttach == b.xenAttach
             && a.xenRestrict == b.xenRestrict && a.runAsUser == b.runAsUser && a.chrootDirectory == b.chrootDirectory
-            && a.noACPI == b.noACPI && a.warnings == b.warnings && a.vgaChosen == b.vgaChosen
+            && a.noACPI == b.noACPI && a.warnings == b.warnings && a.vgaChosen == b.vgaChosen && a.vnc == b.vnc
             && a.netdevs == b.netdevs && a.netNone == b.netNone
     }
 

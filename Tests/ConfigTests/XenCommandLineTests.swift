@@ -35,7 +35,7 @@ final class XenCommandLineTests: XCTestCase {
                             "-display", "sdl", "-spice", "port=6000,disable-ticketing=on", "-net", "none",
                             "-monitor", "/dev/null", "-parallel", "/dev/null", "-object", "iothread,id=io0"])
         XCTAssertEqual(c.warnings.map { $0.prefix(while: { $0 != ":" }) },
-                       ["-vnc 127.0.0.1", "-k en-us", "-usb", "-usbdevice tablet", "-display sdl", "-spice port=6000,disable-ticketing=on",
+                       ["-usb", "-usbdevice tablet", "-display sdl", "-spice port=6000,disable-ticketing=on",
                         "-object iothread,id=io0"])
     }
 
