@@ -383,4 +383,32 @@ final class VNCProtocolTests: XCTestCase {
         XCTAssertThrowsError(try VNCServer(option: VNCOption(address: .tcp(host: "127.0.0.1", display: base - 5900)),
                                            framebuffer: Framebuffer(), loop: harness.loop, name: "x", log: { _ in }))
     }
+
+    func testIPv6ListenerAndClient() throws {
+        harness.stop()
+        let display = 250 + Int(getpid() % 50)
+        var option = VNCOption(address: .tcp(host: "::1", display: display))
+        option.toDisplay = display + 40
+        do {
+            harness = try VNCHarness(option: option)
+        } catch {
+            harness = try VNCHarness()
+            throw XCTSkip("SKIPPED: no IPv6 loopback here (\(error))")
+        }
+        XCTAssertEqual(harness.server.address.family, "ipv6")
+        XCTAssertEqual(harness.server.address.host, "::1")
+        let port = try XCTUnwrap(Int(harness.server.address.service))
+        let fd = socket(AF_INET6, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in6()
+        addr.sin6_family = sa_family_t(AF_INET6)
+        addr.sin6_port = in_port_t(port).bigEndian
+        addr.sin6_addr = in6addr_loopback
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
+        }
+        XCTAssertEqual(rc, 0)
+        let client = RFBTestClient(fd: fd)
+        XCTAssertEqual(try client.handshake().name, "test")
+        XCTAssertTrue(harness.waitUntil { self.harness.lock.withLock { self.harness.server.clientAddresses.first?.family == "ipv6" } })
+    }
 }

@@ -161,3 +161,67 @@ final class VNCTests: XCTestCase {
         XCTAssertTrue(stderr.contains("Failed to start VNC server"), stderr)
     }
 }
+
+/// The VNC server showing a real display: SeaBIOS and vgabios-stdvga draw the text screen on
+/// the standard VGA, and real VNC clients see what `screendump` sees.
+final class VNCWithVGATests: XCTestCase {
+    func testVncdotoolAndVncsnapshotSeeTheSeaBIOSTextScreen() throws {
+        try VMProcess.requireKVM()
+        let vncdo = VNCTests.venv.appendingPathComponent("vncdo").path
+        try VNCTests.require(vncdo, "vncdotool")
+        try VNCTests.require("/usr/bin/vncsnapshot", "vncsnapshot")
+        guard FileManager.default.isReadableFile(atPath: VGABootTests.vgaBIOS) else {
+            let message = "SKIPPED: \(VGABootTests.vgaBIOS) is missing (apt-get install seabios)"
+            FileHandle.standardError.write(Data(("\n*** " + message + " ***\n").utf8))
+            throw XCTSkip(message)
+        }
+        let first = VNCTests.firstDisplay + 200
+        let vm = try QMPVM(VGABootTests.arguments + ["-debugcon", "file:$DIR/seabios.log",
+                                                     "-vnc", "127.0.0.1:\(first),to=\(first + 60)"])
+        // SeaBIOS is done drawing when its debug log says there is nothing to boot.
+        let log = vm.directory.appendingPathComponent("seabios.log").path
+        let deadline = Date().addingTimeInterval(90)
+        func logText() -> String { String(decoding: FileManager.default.contents(atPath: log) ?? Data(), as: UTF8.self) }
+        while Date() < deadline, !logText().contains("No bootable device.") { usleep(100_000) }
+        XCTAssertTrue(logText().contains("No bootable device."), "SeaBIOS did not finish: \(logText().suffix(2000))")
+        usleep(300_000)
+        let qmp = try vm.client()
+        try qmp.negotiate()
+        let dumpPath = vm.directory.appendingPathComponent("screendump.ppm").path
+        XCTAssertNotNil(try qmp.execute("screendump", ["filename": dumpPath])["return"])
+        let screendump = try VGABootTests.Picture(ppm: Data(contentsOf: URL(fileURLWithPath: dumpPath)))
+        XCTAssertEqual([screendump.width, screendump.height], [720, 400])
+        let port = try XCTUnwrap(Int((qmp.execute("query-vnc")["return"] as? [String: Any])?["service"] as? String ?? ""))
+
+        // vncdotool: pixel for pixel what screendump shows, but for the blinking cursor's cell.
+        let shot = vm.directory.appendingPathComponent("vnc.bmp")
+        let (status, output) = try VNCTests.run(vncdo, ["-s", "127.0.0.1::\(port)", "capture", shot.path])
+        XCTAssertEqual(status, 0, output)
+        let ppm = vm.directory.appendingPathComponent("vnc.ppm")
+        let python = VNCTests.venv.appendingPathComponent("python3").path
+        let convert = "import sys; from PIL import Image; Image.open(sys.argv[1]).convert('RGB').save(sys.argv[2], 'PPM')"
+        let (converted, text) = try VNCTests.run(python, ["-c", convert, shot.path, ppm.path])
+        XCTAssertEqual(converted, 0, text)
+        let viewed = try VGABootTests.Picture(ppm: Data(contentsOf: ppm))
+        XCTAssertEqual([viewed.width, viewed.height], [720, 400])
+        var differing = 0
+        for i in stride(from: 0, to: min(viewed.rgb.count, screendump.rgb.count), by: 3)
+            where viewed.rgb[i..<(i + 3)] != screendump.rgb[i..<(i + 3)] { differing += 1 }
+        XCTAssertLessThanOrEqual(differing, 9 * 16, "only the cursor cell may differ")
+        XCTAssertGreaterThan(viewed.lightPixels(rows: 0..<400), 500, "SeaBIOS's text is on the VNC picture")
+
+        // vncsnapshot (JPEG): the same amount of text, give or take compression.
+        let jpeg = vm.directory.appendingPathComponent("snap.jpg")
+        let (snapped, snapOutput) = try VNCTests.run("/usr/bin/vncsnapshot", ["-quiet", "-quality", "100",
+                                                                               "127.0.0.1:\(port - 5900)", jpeg.path])
+        XCTAssertEqual(snapped, 0, snapOutput)
+        let snapPPM = vm.directory.appendingPathComponent("snap.ppm")
+        let (snapConverted, snapText) = try VNCTests.run(python, ["-c", convert, jpeg.path, snapPPM.path])
+        XCTAssertEqual(snapConverted, 0, snapText)
+        let snap = try VGABootTests.Picture(ppm: Data(contentsOf: snapPPM))
+        XCTAssertEqual([snap.width, snap.height], [720, 400])
+        let light = Double(screendump.lightPixels(rows: 0..<400))
+        XCTAssertEqual(Double(snap.lightPixels(rows: 0..<400)), light, accuracy: light * 0.2)
+        _ = try qmp.execute("quit")
+    }
+}
