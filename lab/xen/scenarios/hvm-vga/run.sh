@@ -6,23 +6,8 @@
 # appear (3 MiB of stores: quick only when the VRAM frames were relocated to the BAR, which the
 # physmap keys in xenstore must record), and so does the box drawn afterwards (the display follows
 # changes of guest-mapped VRAM); `xl list` shows the guest running; destroy succeeds.
-shot() {  # shot NAME: the DM's screendump as $OUT/NAME.ppm
-  timeout 60 xl qemu-monitor-command hvm-vga "screendump $OUT/$1.ppm" > "$OUT/screendump-$1.log" 2>&1 && [ -s "$OUT/$1.ppm" ]
-}
-vnc_shot() {  # vnc_shot DISPLAY NAME: a real VNC client's picture as $OUT/NAME.ppm
-  timeout 60 vncsnapshot -quiet -quality 100 -allowblank "127.0.0.1:$1" "$OUT/$2.jpg" > "$OUT/vnc-$2.log" 2>&1 \
-    && djpeg -pnm "$OUT/$2.jpg" > "$OUT/$2.ppm"
-}
-check() {  # check WHAT ARGS...: ppm-check.py, its verdict kept in $OUT/check-WHAT.txt
-  local what=$1; shift
-  python3 "$LAB/dom0/ppm-check.py" "$@" > "$OUT/check-$what.txt" 2>&1 || fail "$what: $(head -c 300 "$OUT/check-$what.txt")"
-}
-picture() {  # picture NAME CHECK...: screendump and VNC snapshot, both checked, and compared
-  shot "$1" || fail "screendump ($1) failed: $(head -c 200 "$OUT/screendump-$1.log")"
-  check "$1" "$2" "$OUT/$1.ppm" "${@:3}"
-  vnc_shot "$DISPLAY_NO" "vnc-$1" || fail "vncsnapshot ($1) of display :$DISPLAY_NO failed: $(tail -c 300 "$OUT/vnc-vnc-$1.log")"
-  check "vnc-$1" same "$OUT/$1.ppm" "$OUT/vnc-$1.ppm"
-}
+source "$LAB/dom0/pictures.sh"
+PICTURE_DOMAIN=hvm-vga
 
 scenario() {
   cp "$GUEST/vga.img" "$WORK/vga.img"
