@@ -73,6 +73,11 @@ struct DeviceDriver: Sendable {
             list, context throws(ConfigError) in
             try attachVirtioBlk(list: &list, context: &context)
         },
+        DeviceDriver(name: "VGA", bus: "PCI",
+                     help: "standard VGA with the Bochs VBE extension (1234:1111): vgamem_mb (1-256), romfile, addr") {
+            list, context throws(ConfigError) in
+            try addStdVGA(list: &list, context: &context)
+        },
     ]
 
     static func find(_ name: String) -> DeviceDriver? { all.first { $0.name == name } }
@@ -80,7 +85,7 @@ struct DeviceDriver: Sendable {
     /// QEMU devices libxl (or a QEMU user) may ask for that SwiftDM does not have yet: accepted
     /// with a warning instead of refused, so the guest starts (xen-contract.md §A.2.5).
     static let notYetImplemented: Set<String> = [
-        "VGA", "cirrus-vga", "qxl-vga", "e1000", "rtl8139", "virtio-net-pci", "lsi53c895a", "scsi-hd",
+        "cirrus-vga", "qxl-vga", "e1000", "rtl8139", "virtio-net-pci", "lsi53c895a", "scsi-hd",
         "piix3-usb-uhci", "ich9-usb-ehci1", "ich9-usb-uhci1", "ich9-usb-uhci2", "ich9-usb-uhci3",
         "nec-usb-xhci", "usb-ehci", "usb-redir", "usb-tablet", "usb-mouse", "usb-kbd", "intel-hda", "hda-duplex",
         "ac97", "adlib", "cs4231a", "es1370", "gus", "sb16", "virtio-serial", "virtserialport", "xen-pvdevice",
@@ -108,6 +113,33 @@ func addAHCI(list: inout OptionList, context: inout DeviceContext) throws(Config
     let function = devfn & 7 == 0 ? "" : ",\(devfn & 7)"
     context.ahci[name] = (controller, "/pci@i0cf8/pci8086,2922@\(String(devfn >> 3, radix: 16))\(function)")
     context.created.append(controller)
+}
+
+/// `-device VGA[,vgamem_mb=MB][,romfile=FILE][,addr=SLOT]` (also `-vga std`): the standard VGA
+/// with its video RAM from the platform (a KVM slot, Xen frames) and the VGA BIOS in its ROM
+/// BAR, where SeaBIOS finds it. A PC has one set of legacy VGA ports, so one display device.
+func addStdVGA(list: inout OptionList, context: inout DeviceContext) throws(ConfigError) {
+    func failure(_ reason: String) -> ConfigError { ConfigError(option: "-device", value: list.text, reason: reason) }
+    guard context.display == nil else {
+        throw failure("only one display device per machine: a VGA is already there")
+    }
+    let megabytes = try list.takeUInt("vgamem_mb", max: 256) ?? 16
+    guard megabytes >= 1 else { throw failure("vgamem_mb must be between 1 and 256") }
+    let romfile = list.take("romfile")
+    let vga: StdVGA
+    do {
+        let rom = try FirmwareImage.optionROM(romfile: romfile, defaultName: "vgabios-stdvga.bin", device: list.text)
+        let vram = try context.deviceRAM.makeDeviceRAM(name: "vga.vram", size: StdVGA.vramSize(megabytes: Int(megabytes)))
+        vga = try StdVGA(vram: vram, rom: rom)
+        try vga.registerLegacyWindows(ports: context.ports, mmio: context.mmio)
+    } catch let error as MachineError {
+        throw failure(error.message)
+    } catch {
+        throw failure("\(error)")
+    }
+    try plugPCI(vga, list: &list, pci: context.pci)
+    context.created.append(vga)
+    context.display = vga
 }
 
 func register(_ device: any BusDevice, on bus: Bus, base: UInt64, length: UInt64, name: String,
