@@ -42,6 +42,7 @@ public final class CirrusVGA: PCIDevice, DisplaySource, Snapshottable, Resettabl
     public let core: VGACore
     public let blitter: CirrusBlitter
     private let vramMask = CirrusVGA.decodedVRAM - 1
+    private let log: GuestErrorLog
 
     /// The full 8-bit sequencer index: SR10/SR11 take the cursor position's low bits from its
     /// top three bits. The VGA core sees only its own registers SR0-SR4.
@@ -78,6 +79,7 @@ public final class CirrusVGA: PCIDevice, DisplaySource, Snapshottable, Resettabl
             throw .invalidVRAMSize(vram.size)
         }
         core = VGACore(vram: vram)
+        self.log = log
         blitter = CirrusBlitter(vramSize: Self.decodedVRAM, log: log)
         dirtyPages = [UInt64](repeating: 0, count: (vram.size / 4096 + 63) / 64)
         let config = PCIConfigSpace(vendor: 0x1013, device: 0x00B8, revision: 0, classCode: 0x03_0000)
@@ -236,7 +238,7 @@ public final class CirrusVGA: PCIDevice, DisplaySource, Snapshottable, Resettabl
         case 0x07...0x1E:
             sequencer[Int(index)] = value
         default:
-            GuestErrorLog.shared.report("cirrus-vga", "write to unknown sequencer register \(hex(index))")
+            log.report("cirrus-vga", "write to unknown sequencer register \(hex(index))")
         }
     }
 
@@ -258,7 +260,7 @@ public final class CirrusVGA: PCIDevice, DisplaySource, Snapshottable, Resettabl
         case 0x09...0x0B:
             graphics[index] = value
         default:
-            GuestErrorLog.shared.report("cirrus-vga", "write to unknown graphics register \(hex(index))")
+            log.report("cirrus-vga", "write to unknown graphics register \(hex(index))")
         }
     }
 
