@@ -281,12 +281,12 @@ final class CirrusVGATests: XCTestCase {
         rig.out(0x3C6, 0x01)
         rig.poke(128 * 2 + 4, [0x00, 0xF8, 0xE0, 0x07])
         rig.vga.refresh(fb)
-        XCTAssertEqual(fb.pixels[2 * 64 + 2], 0xF80000)
-        XCTAssertEqual(fb.pixels[2 * 64 + 3], 0x00FC00)
+        XCTAssertEqual(fb.pixels[2 * 64 + 2], 0xFF0000)
+        XCTAssertEqual(fb.pixels[2 * 64 + 3], 0x00FF00)
         for _ in 0..<4 { _ = rig.inb(0x3C6) }
         rig.out(0x3C6, 0x00)
         rig.vga.refresh(fb)
-        XCTAssertEqual(fb.pixels[2 * 64 + 2], 0xF00000, "5-5-5: bit 15 is not red")
+        XCTAssertEqual(fb.pixels[2 * 64 + 2], 0xF70000, "5-5-5: bit 15 is not red")
 
         // 24 and 32 bpp, with the start address's high bits in CR1B.
         rig.extendedMode(width: 64, height: 8, lineBytes: 192, sr7: 0x04)
