@@ -1,0 +1,148 @@
+import Foundation
+import XCTest
+
+/// The standard VGA with the real SeaBIOS and the real vgabios-stdvga.bin on KVM: SeaBIOS finds
+/// the VGA BIOS in the ROM BAR, the VGA BIOS sets mode 3, SeaBIOS prints on the text screen, and
+/// `screendump` shows it — the same rows of text QEMU 7.2 (under TCG, quick enough for SeaBIOS)
+/// shows for the same command line.
+final class VGABootTests: XCTestCase {
+    static let vgaBIOS = "/usr/share/seabios/vgabios-stdvga.bin"
+    static let arguments = ["-M", "pc", "-m", "32", "-nodefaults", "-vga", "std", "-display", "none"]
+
+    struct Picture {
+        let width: Int
+        let height: Int
+        let rgb: [UInt8]
+
+        /// A binary PPM (P6, maxval 255) as screendump writes it.
+        init(ppm data: Data) throws {
+            let bytes = [UInt8](data)
+            var fields: [String] = []
+            var index = 0
+            while fields.count < 4, index < bytes.count {
+                while index < bytes.count, bytes[index] == 0x20 || bytes[index] == 0x0A { index += 1 }
+                var field = ""
+                while index < bytes.count, bytes[index] != 0x20, bytes[index] != 0x0A {
+                    field.append(Character(UnicodeScalar(bytes[index]))); index += 1
+                }
+                fields.append(field)
+            }
+            index += 1
+            guard fields.count == 4, fields[0] == "P6", let w = Int(fields[1]), let h = Int(fields[2]), fields[3] == "255",
+                  bytes.count - index == w * h * 3 else { throw QMPTestClient.Failure("not a P6 PPM: \(fields)") }
+            width = w
+            height = h
+            rgb = Array(bytes[index...])
+        }
+
+        /// The pixels of rows [first, first + count).
+        func band(_ first: Int, _ count: Int) -> ArraySlice<UInt8> { rgb[(first * width * 3)..<((first + count) * width * 3)] }
+
+        func lightPixels(rows: Range<Int>) -> Int {
+            var count = 0
+            for y in rows {
+                for x in 0..<width where Int(rgb[(y * width + x) * 3]) + Int(rgb[(y * width + x) * 3 + 1]) > 256 { count += 1 }
+            }
+            return count
+        }
+    }
+
+    /// Waits for SeaBIOS's last word in its debug log, then takes a screendump over QMP.
+    func bootAndScreendump(client connect: () throws -> QMPTestClient, log: String, picture: String,
+                           timeout: TimeInterval = 90) throws -> Picture {
+        // The log is not all UTF-8 (SeaBIOS prints raw bytes now and then): decode leniently.
+        func logText() -> String {
+            String(decoding: FileManager.default.contents(atPath: log) ?? Data(), as: UTF8.self)
+        }
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline, !logText().contains("No bootable device.") { usleep(100_000) }
+        let text = logText()
+        XCTAssertTrue(text.contains("No bootable device."), "SeaBIOS did not finish (\(log)):\n\(text.suffix(3000))")
+        XCTAssertTrue(text.contains("Running option rom at c000:0003"), "SeaBIOS ran the VGA BIOS from the ROM BAR")
+        usleep(300_000)  // the last characters reach the screen just after the log line
+        let client = try connect()
+        try client.negotiate()
+        let reply = try client.execute("screendump", ["filename": picture])
+        XCTAssertNotNil(reply["return"], "screendump: \(reply)")
+        return try Picture(ppm: Data(contentsOf: URL(fileURLWithPath: picture)))
+    }
+
+    func testSeaBIOSTextOnTheStandardVGAMatchesQEMU() throws {
+        try VMProcess.requireKVM()
+        guard FileManager.default.isReadableFile(atPath: Self.vgaBIOS) else {
+            let message = "SKIPPED: \(Self.vgaBIOS) is missing (apt-get install seabios); the VGA boot test cannot run"
+            FileHandle.standardError.write(Data(("\n*** " + message + " ***\n").utf8))
+            throw XCTSkip(message)
+        }
+        let vm = try QMPVM(Self.arguments + ["-debugcon", "file:$DIR/seabios.log"])
+        let ours = try bootAndScreendump(client: { try vm.client() }, log: vm.directory.appendingPathComponent("seabios.log").path,
+                                         picture: vm.directory.appendingPathComponent("swiftdm.ppm").path)
+        XCTAssertEqual([ours.width, ours.height], [720, 400], "80×25 text in 9×16 cells")
+        XCTAssertGreaterThan(ours.lightPixels(rows: 0..<16), 300, "the SeaBIOS banner on the first text row")
+        XCTAssertEqual(ours.lightPixels(rows: 300..<400), 0, "nothing below the messages")
+        XCTAssertTrue(vm.process.isRunning, vm.stderr)
+
+        let qemu = "/usr/bin/qemu-system-x86_64"
+        guard FileManager.default.isExecutableFile(atPath: qemu) else {
+            FileHandle.standardError.write(Data("\n*** SKIPPED: qemu-system-x86_64 is not installed; no side-by-side picture ***\n".utf8))
+            return
+        }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: qemu)
+        let socket = vm.directory.appendingPathComponent("qemu.sock").path
+        let qemuLog = vm.directory.appendingPathComponent("qemu-seabios.log").path
+        // QEMU's -debugcon listens on 0xE9; Debian's SeaBIOS logs to 0x402.
+        process.arguments = ["-accel", "tcg"] + Self.arguments + [
+            "-chardev", "file,id=seabios,path=\(qemuLog)", "-device", "isa-debugcon,iobase=0x402,chardev=seabios",
+            "-qmp", "unix:\(socket),server=on,wait=off"]
+        process.standardInput = FileHandle.nullDevice
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        defer { if process.isRunning { process.terminate(); process.waitUntilExit() } }
+        let theirs = try bootAndScreendump(client: { try QMPTestClient(path: socket) }, log: qemuLog,
+                                           picture: vm.directory.appendingPathComponent("qemu.ppm").path)
+        XCTAssertEqual([theirs.width, theirs.height], [ours.width, ours.height])
+        guard theirs.width == ours.width, theirs.height == ours.height else { return }
+        // Row by row of text (16 pixel lines each). SeaBIOS tries floppy and hard disk in the
+        // machine's boot order, so those rows may come in another order: compare the rows as
+        // a multiset, and allow the cursor's row (it blinks) to differ.
+        let rows = ours.height / 16
+        XCTAssertEqual(ours.band(0, 16), theirs.band(0, 16), "the banner row is pixel-identical")
+        var unmatched = (0..<rows).map { theirs.band($0 * 16, 16) }
+        var missing: [Int] = []
+        for row in 0..<rows {
+            if let at = unmatched.firstIndex(of: ours.band(row * 16, 16)) {
+                unmatched.remove(at: at)
+            } else {
+                missing.append(row)
+            }
+        }
+        XCTAssertLessThanOrEqual(missing.count, 1, "text rows with no identical row under QEMU: \(missing)")
+    }
+
+    /// Bad VGA options are one line naming the option and exit status 1, before the guest runs.
+    func testBadVGAOptionsAreOneLineErrors() throws {
+        try VMProcess.requireKVM()
+        let base = ["-M", "pc", "-m", "32", "-nodefaults", "-display", "none"]
+        let cases: [([String], String)] = [
+            (["-vga", "std", "-device", "VGA"], "only one display device per machine"),
+            (["-device", "VGA,vgamem_mb=0"], "vgamem_mb must be between 1 and 256"),
+            (["-device", "VGA,vgamem_mb=512"], "parameter 'vgamem_mb' expects a number up to 256"),
+            (["-device", "VGA,romfile=/nonexistent/vga.bin"], "romfile /nonexistent/vga.bin not found"),
+            (["-device", "VGA,colour=blue"], "colour"),
+        ]
+        for (arguments, expected) in cases {
+            let (status, _, err) = try VMProcess.run(base + arguments, timeout: 30)
+            XCTAssertEqual(status, 1, "\(arguments): \(err)")
+            XCTAssertTrue(err.contains(expected), "\(arguments): expected '\(expected)' in: \(err)")
+            XCTAssertEqual(err.split(separator: "\n").count, 1, "one line: \(err)")
+        }
+        // romfile="" means no ROM BAR: the machine starts (and is stopped right away).
+        let vm = try VMProcess(base + ["-device", "VGA,romfile=,vgamem_mb=5"])
+        usleep(500_000)
+        XCTAssertTrue(vm.process.isRunning, vm.stderr)
+        vm.signal(SIGTERM)
+        XCTAssertEqual(vm.waitForExit(timeout: 10), 0)
+    }
+}
