@@ -91,6 +91,31 @@ final class CirrusBootTests: XCTestCase {
         Self.checkShapes(theirs, "QEMU")
         XCTAssertTrue(ours.rgb == theirs.rgb, "SwiftDM's picture differs from QEMU's")
     }
+
+    /// Bad cirrus-vga options are one line naming the option and exit status 1; libxl's
+    /// `vgamem_mb=8` starts.
+    func testBadCirrusOptionsAreOneLineErrors() throws {
+        try VMProcess.requireKVM()
+        let base = ["-M", "pc", "-m", "32", "-nodefaults", "-display", "none"]
+        let cases: [([String], String)] = [
+            (["-vga", "cirrus", "-device", "VGA"], "only one display device per machine"),
+            (["-device", "cirrus-vga,vgamem_mb=2"], "vgamem_mb must be 4, 8 or 16"),
+            (["-device", "cirrus-vga,vgamem_mb=12"], "vgamem_mb must be 4, 8 or 16"),
+            (["-device", "cirrus-vga,vgamem_mb=64"], "parameter 'vgamem_mb' expects a number up to 16"),
+            (["-device", "cirrus-vga,romfile=/nonexistent/cirrus.bin"], "romfile /nonexistent/cirrus.bin not found"),
+        ]
+        for (arguments, expected) in cases {
+            let (status, _, err) = try VMProcess.run(base + arguments, timeout: 30)
+            XCTAssertEqual(status, 1, "\(arguments): \(err)")
+            XCTAssertTrue(err.contains(expected), "\(arguments): expected '\(expected)' in: \(err)")
+            XCTAssertEqual(err.split(separator: "\n").count, 1, "one line: \(err)")
+        }
+        let vm = try VMProcess(base + ["-device", "cirrus-vga,vgamem_mb=8,romfile="])
+        usleep(500_000)
+        XCTAssertTrue(vm.process.isRunning, vm.stderr)
+        vm.signal(SIGTERM)
+        XCTAssertEqual(vm.waitForExit(timeout: 10), 0)
+    }
 }
 
 extension VGABootTests.Picture {
