@@ -44,6 +44,8 @@ final class CirrusVGATests: XCTestCase {
         func extendedMode(width: Int, height: Int, lineBytes: Int, sr7: UInt8) {
             sequencer(0x06, 0x12)
             sequencer(0x07, sr7 | 0x01)
+            graphics(0x05, 0x40)
+            graphics(0x06, 0x05)
             crtc(0x01, UInt8(width / 8 - 1))
             crtc(0x12, UInt8((height - 1) & 0xFF))
             crtc(0x07, UInt8(((height - 1) >> 8) & 1) << 1 | UInt8(((height - 1) >> 9) & 1) << 6)
@@ -383,6 +385,9 @@ final class CirrusVGATests: XCTestCase {
         }
         rig.out(0x3C2, 0x67)
         rig.sequencer(0x07, 0x09)
+        rig.graphics(0x05, 0x40)
+        rig.graphics(0x06, 0x05)
+        rig.crtc(0x09, 0)
         rig.crtc(0x1A, 0)
         rig.crtc(0x01, 0xFF); rig.crtc(0x12, 0xFF); rig.crtc(0x07, 0x42); rig.crtc(0x13, 0xFF); rig.crtc(0x1B, 0xFF)
         rig.crtc(0x1D, 0x80); rig.crtc(0x0C, 0xFF); rig.crtc(0x0D, 0xFF)

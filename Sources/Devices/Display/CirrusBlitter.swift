@@ -149,6 +149,9 @@ public final class CirrusBlitter {
         /// Bytes a destination row touches, relative to its address (forward rows); a backwards
         /// row at `r` touches `(r + 1 - upper)..<(r + 1 - lower)`.
         var rowSpan: Range<Int>
+        /// 16- and 32-bit pixels are read and written at addresses rounded down to their size
+        /// (what QEMU does, so pictures match it); 1 where nothing is rounded.
+        var pixelAlignment: Int
 
         func rowAddress(_ y: Int) -> Int {
             backwards ? destination - y * destinationPitch : destination + y * destinationPitch
@@ -157,8 +160,18 @@ public final class CirrusBlitter {
         /// The destination bytes rows `rows` touch (empty when a row touches none).
         func destinationRange(rows: Range<Int>) -> Range<Int> {
             guard !rowSpan.isEmpty, !rows.isEmpty else { return 0..<0 }
-            return CirrusBlitter.touched(start: rowAddress(rows.lowerBound), pitch: destinationPitch,
-                                         rows: rows.count, span: rowSpan, backwards: backwards)
+            return rounded(CirrusBlitter.touched(start: rowAddress(rows.lowerBound), pitch: destinationPitch,
+                                                 rows: rows.count, span: rowSpan, backwards: backwards))
+        }
+
+        /// `range` (from `touched`) after pixel addresses are rounded down: forwards the first
+        /// pixel may start lower; backwards each pixel starts at the rounded address reached,
+        /// so the first may end higher and the last start higher.
+        func rounded(_ range: Range<Int>) -> Range<Int> {
+            let a = pixelAlignment
+            guard a > 1 else { return range }
+            if backwards { return ((range.lowerBound + a - 1) & ~(a - 1))..<(((range.upperBound - 1) & ~(a - 1)) + a) }
+            return (range.lowerBound & ~(a - 1))..<range.upperBound
         }
     }
 
@@ -405,6 +418,8 @@ public final class CirrusBlitter {
         let rowSpan: Range<Int> = operation == .copy
             ? 0..<width
             : destinationSkip..<(destinationSkip + pixels * pixelBytes)
+        let rounds = pixelBytes == 2 || pixelBytes == 4
+        let pixelAlignment = rounds && operation != .copy ? pixelBytes : 1
         let patternRowBytes = operation == .patternFill ? (pixelBytes == 3 ? 32 : 8 * pixelBytes) : 1
         let patternSize = 8 * patternRowBytes
 
@@ -453,13 +468,14 @@ public final class CirrusBlitter {
                 && (operation == .transparentColourExpand || operation == .transparentPatternExpand)) ? 0xff : 0,
             transparentKey: UInt32(gr[0x34]) | UInt32(gr[0x35]) << 8,
             transparentCare: ~(UInt32(gr[0x38]) | UInt32(gr[0x39]) << 8) & (pixelBytes == 1 ? 0xff : 0xffff),
-            patternRowBytes: patternRowBytes, firstPatternRow: firstPatternRow, rowSpan: rowSpan)
+            patternRowBytes: patternRowBytes, firstPatternRow: firstPatternRow, rowSpan: rowSpan,
+            pixelAlignment: pixelAlignment)
 
         let written = plan.destinationRange(rows: 0..<height)
         if !written.isEmpty && (written.lowerBound < 0 || written.upperBound > vramSize) {
             return .failure(.destinationOutsideVRAM(written))
         }
-        if let read = sourceRange, !read.isEmpty, read.lowerBound < 0 || read.upperBound > vramSize {
+        if let read = sourceRange.map(plan.rounded), !read.isEmpty, read.lowerBound < 0 || read.upperBound > vramSize {
             return .failure(.sourceOutsideVRAM(read))
         }
         return .success(plan)
@@ -476,8 +492,9 @@ public final class CirrusBlitter {
 
     @inline(__always)
     private func put(_ colour: UInt32, at address: Int, _ plan: Plan, _ vram: UnsafeMutableRawBufferPointer) {
+        let pixel = address & ~(plan.pixelAlignment - 1)
         for i in 0..<plan.pixelBytes {
-            let a = (address + i) & vramMask
+            let a = (pixel + i) & vramMask
             vram[a] = plan.rop.apply(vram[a], UInt8(truncatingIfNeeded: colour >> (8 * i)))
         }
     }
@@ -511,9 +528,10 @@ public final class CirrusBlitter {
             case .transparentCopy:
                 var x = 0
                 while x < plan.width {
-                    // A backwards pixel ends at row - x; its low byte is the lowest address.
-                    let d = plan.backwards ? row - x - (pb - 1) : row + x
-                    let s = plan.backwards ? sourceRow - x - (pb - 1) : sourceRow + x
+                    // Pixels sit at the (rounded) address the row has reached, going either way.
+                    let align = ~(plan.pixelAlignment - 1)
+                    let d = (plan.backwards ? row - x : row + x) & align
+                    let s = (plan.backwards ? sourceRow - x : sourceRow + x) & align
                     var value: UInt32 = 0
                     for i in 0..<pb { value |= UInt32(plan.rop.apply(vram[(d + i) & m], source[s + i])) << (8 * i) }
                     if (value ^ plan.transparentKey) & plan.transparentCare != 0 {

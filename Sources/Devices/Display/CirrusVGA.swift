@@ -436,6 +436,8 @@ public final class CirrusVGA: PCIDevice, DisplaySource, Snapshottable, Resettabl
         /// Byte offsets into the decoded VRAM.
         var start: Int
         var lineBytes: Int
+        /// Each VRAM line shows on this many screen lines (CR9 maximum scan line, double scan).
+        var scanRepeat: Int
     }
 
     struct Cursor: Equatable {
@@ -466,7 +468,8 @@ public final class CirrusVGA: PCIDevice, DisplaySource, Snapshottable, Resettabl
         let startWords = Int(cr[0x0C]) << 8 | Int(cr[0x0D]) | Int(cr[0x1B] & 0x01) << 16
             | Int(cr[0x1B] & 0x0C) << 15 | Int(cr[0x1D] & 0x80) << 12
         return ExtendedMode(width: min(width, Framebuffer.maxDimension), height: min(height, Framebuffer.maxDimension),
-                            bitsPerPixel: bitsPerPixel, start: (startWords * 4) & vramMask, lineBytes: offset)
+                            bitsPerPixel: bitsPerPixel, start: (startWords * 4) & vramMask, lineBytes: offset,
+                            scanRepeat: ((Int(cr[0x09]) & 0x1F) + 1) << Int(cr[0x09] >> 7))
     }
 
     func currentCursor() -> Cursor? {
@@ -481,8 +484,14 @@ public final class CirrusVGA: PCIDevice, DisplaySource, Snapshottable, Resettabl
         return Cursor(x: cursorX, y: cursorY, size: large ? 64 : 32, pattern: pattern, colours: [colour(0), colour(15)])
     }
 
+    /// Extended pixels are drawn, as on QEMU, only in graphics mode (GR6 bit 0) with 256-colour
+    /// shifting (GR5 bits 5-6); otherwise the VGA core draws text or planar modes.
+    private var drawsExtendedMode: Bool {
+        extendedMode && core.graphics[6] & 0x01 != 0 && core.graphics[5] & 0x40 != 0
+    }
+
     public func refresh(_ framebuffer: Framebuffer) {
-        guard extendedMode else {
+        guard drawsExtendedMode else {
             lastExtendedMode = nil
             core.refresh(framebuffer)
             return
@@ -512,7 +521,7 @@ public final class CirrusVGA: PCIDevice, DisplaySource, Snapshottable, Resettabl
         core.vram.withBytes { bytes in
             rowBuffer.withUnsafeMutableBufferPointer { row in
                 for y in 0..<rows {
-                    let base = (mode.start + y * mode.lineBytes) & m
+                    let base = (mode.start + (y / mode.scanRepeat) * mode.lineBytes) & m
                     let onCursor = cursor.map { y >= $0.y && y < $0.y + $0.size } ?? false
                     if !full && !onCursor && !rangeDirty(base, base + columns * pixelBytes) { continue }
                     if blanked {
