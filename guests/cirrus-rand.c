@@ -56,14 +56,19 @@ void guest_main(void)
         u32 kind = rnd(9);
         u8 mode = (u8)((pb - 1) << 4), ext = 0;
         u32 width = rnd(96) + 1, height = rnd(24) + 1;
-        u32 dpitch = rnd(1280) + 1, spitch = rnd(1280) + 1;
+        /* Rows never overlap (QEMU skips such copies) and pitches are at least the width. */
+        u32 dpitch = width + rnd(1184), spitch = width + rnd(1184);
         u32 dst = 0x10000 + rnd(0x10000), src = 0x8000 + rnd(0x20000);
         u32 sys_bytes = 0;
         u8 clip = (u8)(rnd(3) ? 0 : rnd(32));
         switch (kind) {
         case 0: break;                                        /* forward copy */
         case 1: mode |= 0x01; dst += 0x30000; src += 0x30000; break;   /* backwards */
-        case 2: if (pb > 2) pb = 2; mode = (u8)(((pb - 1) << 4) | 0x08); break;
+        case 2:                                               /* transparent, whole pixels */
+            if (pb > 2) pb = 2;
+            mode = (u8)(((pb - 1) << 4) | 0x08);
+            width = width < pb ? pb : width - width % pb;
+            break;
         case 3: mode |= 0x80 | (rnd(2) ? 0x08 : 0); ext = rnd(2) ? 0x02 : 0; break;
         case 4: if (pb == 3) { pb = 4; mode = 0x30; } mode |= 0x40; src &= ~0xFFu; break;
         case 5: mode |= 0xC0 | (rnd(2) ? 0x08 : 0); ext = rnd(2) ? 0x02 : 0; src &= ~0xFFu; break;

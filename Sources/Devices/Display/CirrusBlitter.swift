@@ -398,18 +398,18 @@ public final class CirrusBlitter {
         let systemSource = operation != .solidFill && mode.contains(.systemSource)
         if backwards && systemSource { return .failure(.backwardsSystemSource) }
 
-        // Left clipping: in 24 bpp GR2F counts bytes (5 bits), otherwise pixels (3 bits).
+        // Left clipping: GR2F counts pixels (3 bits); in 24 bpp the transparent expansions and
+        // pattern fills count bytes (5 bits) instead, as QEMU does.
         let destinationSkip: Int
         let sourceSkip: Int
         switch operation {
+        case _ where pixelBytes == 3
+            && [.transparentColourExpand, .transparentPatternExpand, .patternFill].contains(operation):
+            destinationSkip = Int(gr[0x2f] & 0x1f)
+            sourceSkip = destinationSkip / 3
         case .colourExpand, .transparentColourExpand, .patternFill, .patternExpand, .transparentPatternExpand:
-            if pixelBytes == 3 {
-                destinationSkip = Int(gr[0x2f] & 0x1f)
-                sourceSkip = destinationSkip / 3
-            } else {
-                sourceSkip = Int(gr[0x2f] & 0x07)
-                destinationSkip = sourceSkip * pixelBytes
-            }
+            sourceSkip = Int(gr[0x2f] & 0x07)
+            destinationSkip = sourceSkip * pixelBytes
         default:
             destinationSkip = 0
             sourceSkip = 0
