@@ -92,6 +92,11 @@ struct DeviceDriver: Sendable {
             list, context throws(ConfigError) in
             try addRTL8139(list: &list, context: &context)
         },
+        DeviceDriver(name: "cirrus-vga", bus: "PCI",
+                     help: "Cirrus Logic GD5446 VGA with BitBLT engine (1013:00b8): vgamem_mb (4, 8 or 16), romfile, addr") {
+            list, context throws(ConfigError) in
+            try addCirrusVGA(list: &list, context: &context)
+        },
     ]
 
     static func find(_ name: String) -> DeviceDriver? { all.first { $0.name == name } }
@@ -99,7 +104,7 @@ struct DeviceDriver: Sendable {
     /// QEMU devices libxl (or a QEMU user) may ask for that SwiftDM does not have yet: accepted
     /// with a warning instead of refused, so the guest starts (xen-contract.md §A.2.5).
     static let notYetImplemented: Set<String> = [
-        "cirrus-vga", "qxl-vga", "e1000", "virtio-net-pci", "lsi53c895a", "scsi-hd",
+        "qxl-vga", "e1000", "virtio-net-pci", "lsi53c895a", "scsi-hd",
         "piix3-usb-uhci", "ich9-usb-ehci1", "ich9-usb-uhci1", "ich9-usb-uhci2", "ich9-usb-uhci3",
         "nec-usb-xhci", "usb-ehci", "usb-redir", "usb-tablet", "usb-mouse", "usb-kbd", "intel-hda", "hda-duplex",
         "ac97", "adlib", "cs4231a", "es1370", "gus", "sb16", "virtio-serial", "virtserialport", "xen-pvdevice",
@@ -145,6 +150,34 @@ func addStdVGA(list: inout OptionList, context: inout DeviceContext) throws(Conf
         let rom = try FirmwareImage.optionROM(romfile: romfile, defaultName: "vgabios-stdvga.bin", device: list.text)
         let vram = try context.deviceRAM.makeDeviceRAM(name: "vga.vram", size: StdVGA.vramSize(megabytes: Int(megabytes)))
         vga = try StdVGA(vram: vram, rom: rom)
+        try vga.registerLegacyWindows(ports: context.ports, mmio: context.mmio)
+    } catch let error as MachineError {
+        throw failure(error.message)
+    } catch {
+        throw failure("\(error)")
+    }
+    try plugPCI(vga, list: &list, pci: context.pci)
+    context.created.append(vga)
+    context.display = vga
+}
+
+/// `-device cirrus-vga[,vgamem_mb=MB][,romfile=FILE][,addr=SLOT]` (also `-vga cirrus`, libxl's
+/// default for HVM guests with `vgamem_mb=8`): the GD5446 with vgabios-cirrus.bin in its ROM BAR.
+func addCirrusVGA(list: inout OptionList, context: inout DeviceContext) throws(ConfigError) {
+    func failure(_ reason: String) -> ConfigError { ConfigError(option: "-device", value: list.text, reason: reason) }
+    guard context.display == nil else {
+        throw failure("only one display device per machine: a VGA is already there")
+    }
+    let megabytes = try list.takeUInt("vgamem_mb", max: 16) ?? 4
+    guard let size = CirrusVGA.vramSize(megabytes: Int(megabytes)) else {
+        throw failure("vgamem_mb must be 4, 8 or 16")
+    }
+    let romfile = list.take("romfile")
+    let vga: CirrusVGA
+    do {
+        let rom = try FirmwareImage.optionROM(romfile: romfile, defaultName: "vgabios-cirrus.bin", device: list.text)
+        let vram = try context.deviceRAM.makeDeviceRAM(name: "vga.vram", size: size)
+        vga = try CirrusVGA(vram: vram, rom: rom)
         try vga.registerLegacyWindows(ports: context.ports, mmio: context.mmio)
     } catch let error as MachineError {
         throw failure(error.message)

@@ -1,0 +1,18 @@
+#!/bin/sh
+# Builds and runs the whole-device cirrus-vga fuzzer: DMCore, the PCI function code and the
+# display devices compiled straight from Sources/ with coverage and AddressSanitizer.
+# Usage: fuzz/cirrus-vga/run.sh [seconds] [libFuzzer args...]
+set -eu
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+OUT=${OUT:-$ROOT/.build-fuzz-cirrus-vga}
+SECS=${1:-120}
+[ $# -gt 0 ] && shift
+SWIFTC=${SWIFTC:-swiftc}
+FLAGS="-sanitize=fuzzer,address -parse-as-library -O -g -swift-version 6"
+INC="-I $ROOT/Sources/CLinux/include -I $OUT"
+mkdir -p "$OUT" "$OUT/corpus" "$OUT/artifacts"
+. "$ROOT/fuzz/dmcore.sh"
+$SWIFTC $FLAGS $INC -module-name CirrusVGAFuzz "$ROOT"/Sources/Devices/PCI/*.swift "$ROOT"/Sources/Devices/Display/*.swift \
+    "$ROOT/fuzz/cirrus-vga/FuzzCirrusVGA.swift" "$OUT/DMCore.o" "$OUT/clinux.o" -o "$OUT/cirrus-vga-fuzz"
+cd "$OUT/artifacts"
+exec "$OUT/cirrus-vga-fuzz" -max_total_time="$SECS" -max_len=2048 -print_final_stats=1 "$@" "$OUT/corpus"
