@@ -155,14 +155,13 @@ public enum CommandLineParser {
             let list = try OptionList(option: "-device", text: text, impliedKey: "driver")
             c.devices.append(list)
         },
-        value(["vga"], "std|cirrus|none", "the VGA card (a -device VGA or cirrus-vga)") { c, text throws(ConfigError) in
+        value(["vga"], "std|cirrus|none", "the VGA card (a -device VGA or cirrus-vga; there is no default VGA, as with -nodefaults)") { c, text throws(ConfigError) in
             switch text {
             case "std": c.devices.append(try OptionList(option: "-vga", text: "VGA", impliedKey: "driver"))
             case "cirrus": c.devices.append(try OptionList(option: "-vga", text: "cirrus-vga", impliedKey: "driver"))
             case "none": break
             default: throw ConfigError(option: "-vga", value: text, reason: "unsupported VGA type (std, cirrus or none)")
             }
-            c.vgaChosen = true
         },
         value(["drive"], "[file=F][,if=ide|none][,index=N][,media=disk|cdrom][,format=raw|qcow2][,id=ID][,...]",
               "a drive (IDE on if=ide, the default; if=none for -device ide-hd/ide-cd)") { c, text throws(ConfigError) in

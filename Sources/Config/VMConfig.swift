@@ -29,8 +29,6 @@ public struct VMConfig: Sendable, Equatable {
     public var netdevs: [NetdevOption] = []
     /// `-net none`: no default network (SwiftDM makes none anyway; recorded for fidelity).
     public var netNone = false
-    /// `-vga` was given (even `none`): no default VGA then.
-    public var vgaChosen = false
     /// `-drive` lists in order; `-hda`..`-hdd` and `-cdrom` arrive here as the `-drive` they mean.
     public var drives: [OptionList] = []
     public var bootOrder: String?
@@ -82,7 +80,7 @@ public struct VMConfig: Sendable, Equatable {
             && a.append == b.append && a.fwCfgDMA == b.fwCfgDMA && a.logItems == b.logItems && a.monitors == b.monitors && a.uuid == b.uuid
             && a.incoming == b.incoming && a.xenDomainID == b.xenDomainID && a.xenAttach == b.xenAttach
             && a.xenRestrict == b.xenRestrict && a.runAsUser == b.runAsUser && a.chrootDirectory == b.chrootDirectory
-            && a.noACPI == b.noACPI && a.warnings == b.warnings && a.vgaChosen == b.vgaChosen && a.vnc == b.vnc
+            && a.noACPI == b.noACPI && a.warnings == b.warnings && a.vnc == b.vnc
             && a.netdevs == b.netdevs && a.netNone == b.netNone
     }
 

@@ -134,50 +134,51 @@ func addAHCI(list: inout OptionList, context: inout DeviceContext) throws(Config
     context.created.append(controller)
 }
 
-/// `-device VGA[,vgamem_mb=MB][,romfile=FILE][,addr=SLOT]` (also `-vga std`): the standard VGA
-/// with its video RAM from the platform (a KVM slot, Xen frames) and the VGA BIOS in its ROM
-/// BAR, where SeaBIOS finds it. A PC has one set of legacy VGA ports, so one display device.
+/// A VGA card as `addVGA` plugs it: a PCI function that draws the display and claims the legacy
+/// VGA ports and memory window.
+protocol VGACard: PCIDevice, DisplaySource {
+    func registerLegacyWindows(ports: Bus, mmio: Bus) throws(BusError)
+}
+
+extension StdVGA: VGACard {}
+extension CirrusVGA: VGACard {}
+
+/// `-device VGA[,vgamem_mb=MB][,romfile=FILE][,addr=SLOT]` (also `-vga std`, libxl's
+/// `vga="stdvga"`): the standard VGA with vgabios-stdvga.bin in its ROM BAR.
 func addStdVGA(list: inout OptionList, context: inout DeviceContext) throws(ConfigError) {
-    func failure(_ reason: String) -> ConfigError { ConfigError(option: "-device", value: list.text, reason: reason) }
-    guard context.display == nil else {
-        throw failure("only one display device per machine: a VGA is already there")
+    try addVGA(list: &list, context: &context, megabytes: (default: 16, max: 256), sizeRule: "between 1 and 256",
+               vramSize: { $0 >= 1 ? StdVGA.vramSize(megabytes: $0) : nil }, defaultROM: "vgabios-stdvga.bin") {
+        vram, rom throws in try StdVGA(vram: vram, rom: rom)
     }
-    let megabytes = try list.takeUInt("vgamem_mb", max: 256) ?? 16
-    guard megabytes >= 1 else { throw failure("vgamem_mb must be between 1 and 256") }
-    let romfile = list.take("romfile")
-    let vga: StdVGA
-    do {
-        let rom = try FirmwareImage.optionROM(romfile: romfile, defaultName: "vgabios-stdvga.bin", device: list.text)
-        let vram = try context.deviceRAM.makeDeviceRAM(name: "vga.vram", size: StdVGA.vramSize(megabytes: Int(megabytes)))
-        vga = try StdVGA(vram: vram, rom: rom)
-        try vga.registerLegacyWindows(ports: context.ports, mmio: context.mmio)
-    } catch let error as MachineError {
-        throw failure(error.message)
-    } catch {
-        throw failure("\(error)")
-    }
-    try plugPCI(vga, list: &list, pci: context.pci)
-    context.created.append(vga)
-    context.display = vga
 }
 
 /// `-device cirrus-vga[,vgamem_mb=MB][,romfile=FILE][,addr=SLOT]` (also `-vga cirrus`, libxl's
 /// default for HVM guests with `vgamem_mb=8`): the GD5446 with vgabios-cirrus.bin in its ROM BAR.
 func addCirrusVGA(list: inout OptionList, context: inout DeviceContext) throws(ConfigError) {
+    try addVGA(list: &list, context: &context, megabytes: (default: 4, max: 16), sizeRule: "4, 8 or 16",
+               vramSize: CirrusVGA.vramSize(megabytes:), defaultROM: "vgabios-cirrus.bin") {
+        vram, rom throws in try CirrusVGA(vram: vram, rom: rom)
+    }
+}
+
+/// Builds a VGA card with its video RAM (QEMU's region name `vga.vram`, which Xen's physmap
+/// records carry) and VGA BIOS, claims the legacy windows and plugs it; it becomes the display.
+/// One display device per machine.
+func addVGA<Card: VGACard>(list: inout OptionList, context: inout DeviceContext, megabytes: (default: UInt64, max: UInt64),
+                           sizeRule: String, vramSize: (Int) -> Int?, defaultROM: String,
+                           make: (any DeviceRAM, [UInt8]) throws -> Card) throws(ConfigError) {
     func failure(_ reason: String) -> ConfigError { ConfigError(option: "-device", value: list.text, reason: reason) }
     guard context.display == nil else {
         throw failure("only one display device per machine: a VGA is already there")
     }
-    let megabytes = try list.takeUInt("vgamem_mb", max: 16) ?? 4
-    guard let size = CirrusVGA.vramSize(megabytes: Int(megabytes)) else {
-        throw failure("vgamem_mb must be 4, 8 or 16")
-    }
+    let requested = try list.takeUInt("vgamem_mb", max: megabytes.max) ?? megabytes.default
+    guard let size = vramSize(Int(requested)) else { throw failure("vgamem_mb must be \(sizeRule)") }
     let romfile = list.take("romfile")
-    let vga: CirrusVGA
+    let vga: Card
     do {
-        let rom = try FirmwareImage.optionROM(romfile: romfile, defaultName: "vgabios-cirrus.bin", device: list.text)
+        let rom = try FirmwareImage.optionROM(romfile: romfile, defaultName: defaultROM, device: list.text)
         let vram = try context.deviceRAM.makeDeviceRAM(name: "vga.vram", size: size)
-        vga = try CirrusVGA(vram: vram, rom: rom)
+        vga = try make(vram, rom)
         try vga.registerLegacyWindows(ports: context.ports, mmio: context.mmio)
     } catch let error as MachineError {
         throw failure(error.message)

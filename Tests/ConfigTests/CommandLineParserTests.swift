@@ -32,8 +32,6 @@ final class CommandLineParserTests: XCTestCase {
         XCTAssertEqual(try config(["-vga", "cirrus"]).devices.map { $0.entries.first?.value }, ["cirrus-vga"])
         let none = try config(["-vga", "none"])
         XCTAssertTrue(none.devices.isEmpty)
-        XCTAssertTrue(none.vgaChosen)
-        XCTAssertFalse(try config([]).vgaChosen)
         XCTAssertThrowsError(try CommandLineParser.parse(["-vga", "qxl"])) { error in
             XCTAssertEqual((error as? ConfigError)?.description.hasPrefix("-vga"), true, "\(error)")
         }

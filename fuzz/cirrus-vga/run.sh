@@ -2,16 +2,7 @@
 # Builds and runs the whole-device cirrus-vga fuzzer: DMCore, the PCI function code and the
 # display devices compiled straight from Sources/ with coverage and AddressSanitizer.
 # Usage: fuzz/cirrus-vga/run.sh [seconds] [libFuzzer args...]
-set -eu
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-OUT=${OUT:-$ROOT/.build-fuzz-cirrus-vga}
-SECS=${1:-120}
-[ $# -gt 0 ] && shift
-SWIFTC=${SWIFTC:-swiftc}
-FLAGS="-sanitize=fuzzer,address -parse-as-library -O -g -swift-version 6"
-INC="-I $ROOT/Sources/CLinux/include -I $OUT"
-mkdir -p "$OUT" "$OUT/corpus" "$OUT/artifacts"
-. "$ROOT/fuzz/dmcore.sh"
+FUZZ=cirrus-vga; DEFAULT_SECONDS=120; . "$(dirname "$0")/../dmcore.sh"
 $SWIFTC $FLAGS $INC -module-name CirrusVGAFuzz "$ROOT"/Sources/Devices/PCI/*.swift "$ROOT"/Sources/Devices/Display/*.swift \
     "$ROOT/fuzz/cirrus-vga/FuzzCirrusVGA.swift" "$OUT/DMCore.o" "$OUT/clinux.o" -o "$OUT/cirrus-vga-fuzz"
 cd "$OUT/artifacts"

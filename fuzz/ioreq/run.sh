@@ -1,16 +1,7 @@
 #!/bin/sh
 # Builds and runs the ioreq fuzzer: DMCore and XenAccel compiled straight from Sources/ with
 # coverage and AddressSanitizer, no SwiftPM. Usage: fuzz/ioreq/run.sh [seconds] [libFuzzer args...]
-set -eu
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-OUT=${OUT:-$ROOT/.build-fuzz-ioreq}
-SECS=${1:-180}
-[ $# -gt 0 ] && shift
-SWIFTC=${SWIFTC:-swiftc}
-FLAGS="-sanitize=fuzzer,address -parse-as-library -O -g -swift-version 6"
-INC="-I $ROOT/Sources/CLinux/include -I $ROOT/Sources/CXen/include -I $OUT"
-mkdir -p "$OUT" "$OUT/corpus"
-. "$ROOT/fuzz/dmcore.sh"
+FUZZ=ioreq; DEFAULT_SECONDS=180; C_HEADERS=CXen; . "$(dirname "$0")/../dmcore.sh"
 $SWIFTC $FLAGS $INC -module-name XenAccel -emit-module -emit-module-path "$OUT/XenAccel.swiftmodule" \
     -wmo -c "$ROOT"/Sources/XenAccel/*.swift -o "$OUT/XenAccel.o"
 $SWIFTC $FLAGS $INC -module-name IoreqFuzz "$ROOT/fuzz/ioreq/IoreqFuzz.swift" \

@@ -2,16 +2,7 @@
 # Builds and runs the standard VGA fuzzer: DMCore, the PCI function files and the Display
 # devices compiled straight from Sources/ with coverage and AddressSanitizer, no SwiftPM.
 # Usage: fuzz/vga/run.sh [seconds] [libFuzzer args...]
-set -eu
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-OUT=${OUT:-$ROOT/.build-fuzz-vga}
-SECS=${1:-120}
-[ $# -gt 0 ] && shift
-SWIFTC=${SWIFTC:-swiftc}
-FLAGS="-sanitize=fuzzer,address -parse-as-library -O -g -swift-version 6"
-INC="-I $ROOT/Sources/CLinux/include -I $OUT"
-mkdir -p "$OUT" "$OUT/corpus" "$OUT/artifacts"
-. "$ROOT/fuzz/dmcore.sh"
+FUZZ=vga; DEFAULT_SECONDS=120; . "$(dirname "$0")/../dmcore.sh"
 $SWIFTC $FLAGS $INC -module-name VGAFuzz "$ROOT"/Sources/Devices/Display/*.swift \
     "$ROOT/Sources/Devices/PCI/PCIFunction.swift" "$ROOT/Sources/Devices/PCI/PCIConfigSpace.swift" \
     "$ROOT/Sources/Devices/PCI/PCIBus.swift" "$ROOT/fuzz/vga/FuzzVGA.swift" \

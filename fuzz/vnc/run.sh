@@ -2,16 +2,7 @@
 # Builds and runs the VNC client-input fuzzer: DMCore, Config and the Display sources compiled
 # straight from Sources/ with coverage and AddressSanitizer, no SwiftPM.
 # Usage: fuzz/vnc/run.sh [seconds] [libFuzzer args...]
-set -eu
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-OUT=${OUT:-$ROOT/.build-fuzz-vnc}
-SECS=${1:-120}
-[ $# -gt 0 ] && shift
-SWIFTC=${SWIFTC:-swiftc}
-FLAGS="-sanitize=fuzzer,address -parse-as-library -O -g -swift-version 6"
-INC="-I $ROOT/Sources/CLinux/include -I $OUT"
-mkdir -p "$OUT" "$OUT/corpus" "$OUT/artifacts"
-. "$ROOT/fuzz/dmcore.sh"
+FUZZ=vnc; DEFAULT_SECONDS=120; . "$(dirname "$0")/../dmcore.sh"
 $SWIFTC $FLAGS -module-name Config -emit-module -emit-module-path "$OUT/Config.swiftmodule" \
     -wmo -c "$ROOT"/Sources/Config/*.swift -o "$OUT/Config.o"
 $SWIFTC $FLAGS $INC -module-name VNCFuzz "$ROOT"/Sources/Display/*.swift "$ROOT/fuzz/vnc/FuzzVNC.swift" \
