@@ -187,7 +187,7 @@ extension PCMachine {
 
     /// The Xen platform device at the first free slot (2, as under QEMU: it is created with
     /// the machine, before `-device` devices), with its fixed ports 0x10-0x1F. Unplug requests
-    /// remove the emulated disks the guest's PV drivers take over; there are no emulated NICs.
+    /// remove the emulated disks and NICs the guest's PV drivers take over.
     func assembleXenPlatformDevice() throws {
         let platform = XenPlatformDevice()
         try pci.plug(platform, slot: try pci.freeSlot())
@@ -195,12 +195,27 @@ extension PCMachine {
                            region: XenPlatformDevice.fixedPortRegion, name: "xen-platform fixed ports")
         platform.onUnplug = { [weak self] request in
             guard let self else { return }
-            guard request.contains(.allDisks) || request.contains(.auxDisks) else { return }
-            let removed = self.devices.compactMap { $0 as? PIIX3IDEController }
-                .flatMap { $0.unplugDisks(keepPrimaryMaster: !request.contains(.allDisks)) }
-            GuestErrorLog.stderrSink("swiftdm: xen-platform: guest unplugged emulated disks: "
-                                     + (removed.isEmpty ? "none" : removed.joined(separator: ", ")))
+            if request.contains(.allDisks) || request.contains(.auxDisks) {
+                let removed = self.devices.compactMap { $0 as? PIIX3IDEController }
+                    .flatMap { $0.unplugDisks(keepPrimaryMaster: !request.contains(.allDisks)) }
+                GuestErrorLog.stderrSink("swiftdm: xen-platform: guest unplugged emulated disks: "
+                                         + (removed.isEmpty ? "none" : removed.joined(separator: ", ")))
+            }
+            if request.contains(.nics) { self.unplugEmulatedNICs() }
         }
         append(devices: [platform])
+    }
+
+    /// The guest's PV network driver takes over (platform unplug bit 1): the emulated NICs leave
+    /// the PCI bus, as in QEMU, so the guest does not see each MAC twice. Reset first, so a NIC
+    /// stops receiving (its tap is then no longer read) and drops its interrupt.
+    func unplugEmulatedNICs() {
+        let nics = devices.compactMap { $0 as? RTL8139 }
+        for nic in nics {
+            nic.reset()
+            if let devfn = pci.functions.firstIndex(where: { $0 === nic }) { pci.unplug(slot: devfn >> 3, function: devfn & 7) }
+        }
+        GuestErrorLog.stderrSink("swiftdm: xen-platform: guest unplugged emulated NICs: "
+                                 + (nics.isEmpty ? "none" : "\(nics.count)"))
     }
 }

@@ -126,6 +126,28 @@ final class XenMachineTests: XCTestCase {
                        "the IDE disk is unplugged, the AHCI disk and the CD stay")
     }
 
+    /// libxl's emulated NIC (`vif = ['model=rtl8139']`): the RTL8139 takes the next slot and the
+    /// PV drivers' unplug (bit 1) removes it from the bus, as QEMU does, so the guest's netfront
+    /// is the only NIC with that MAC. (A `user` netdev: the NIC has no backend, no tap needed.)
+    func testLibxlEmulatedNICLeavesTheBusOnUnplug() throws {
+        var arguments = libxlArguments()
+        arguments += ["-netdev", "type=user,id=net0", "-device", "rtl8139,id=nic0,netdev=net0,mac=00:16:3e:12:34:56"]
+        let (machine, _, _) = try makeMachine(arguments)
+        defer { machine.shutdownBackends() }
+        func nicPresent() -> Bool {
+            machine.lock.withLock {
+                let nic = machine.devices.compactMap { $0 as? RTL8139 }.first
+                return machine.pci.functions.contains { $0 != nil && $0 === nic }
+            }
+        }
+        XCTAssertTrue(nicPresent())
+        let platform = machine.lock.withLock { machine.devices.compactMap { $0 as? XenPlatformDevice }.first }
+        machine.lock.withLock { platform?.write(region: XenPlatformDevice.fixedPortRegion, offset: 0, size: 2, value: 0x0001) }
+        XCTAssertTrue(nicPresent(), "a disk unplug leaves the NIC")
+        machine.lock.withLock { platform?.write(region: XenPlatformDevice.fixedPortRegion, offset: 0, size: 2, value: 0x0002) }
+        XCTAssertFalse(nicPresent(), "the NIC unplug removes it from the PCI bus")
+    }
+
     func testMachineTypesAndErrors() throws {
         XCTAssertThrowsError(try makeMachine(["-machine", "xenfv"])) { error in
             XCTAssertTrue("\(error)".contains("needs -xen-domid"), "\(error)")
