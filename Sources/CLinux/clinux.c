@@ -106,3 +106,46 @@ int sdm_epoll_wait(int epfd, uint64_t *tokens, uint32_t *events, int capacity, i
     for (int i = 0; i < n; i++) { tokens[i] = evs[i].data.u64; events[i] = evs[i].events; }
     return n;
 }
+
+#include <fcntl.h>
+#include <unistd.h>
+#include <net/if.h>
+#include <linux/if_tun.h>
+
+int sdm_tap_open(const char *ifname, char *actual, size_t actual_size) {
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof(ifr));
+    if (ifname) {
+        size_t n = strlen(ifname);
+        if (n == 0 || n >= IFNAMSIZ) { errno = EINVAL; return -1; }
+        memcpy(ifr.ifr_name, ifname, n);
+    }
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI;
+    int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return -1;
+    if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    if (actual && actual_size > 0) {
+        strncpy(actual, ifr.ifr_name, actual_size - 1);
+        actual[actual_size - 1] = 0;
+    }
+    return fd;
+}
+
+int sdm_tap_query(int fd, char *actual, size_t actual_size) {
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof(ifr));
+    if (ioctl(fd, TUNGETIFF, &ifr) < 0) return -1;
+    if (actual && actual_size > 0) {
+        strncpy(actual, ifr.ifr_name, actual_size - 1);
+        actual[actual_size - 1] = 0;
+    }
+    return ifr.ifr_flags & 0xFFFF;
+}
+int sdm_IFF_TAP(void) { return IFF_TAP; }
+int sdm_IFF_NO_PI(void) { return IFF_NO_PI; }
+int sdm_IFF_VNET_HDR(void) { return IFF_VNET_HDR; }

@@ -257,14 +257,33 @@ public enum CommandLineParser {
             return nil
         },
         flag(["no-acpi"], "no ACPI (under Xen, hvmloader builds the tables)") { $0.noACPI = true },
-        ignored(["vnc"], "display", "VNC server (not yet: accepted with a warning)", silentFor: ["none"],
-                "there is no VNC server yet; the guest runs without a display"),
-        ignored(["k"], "keymap", "VNC keyboard layout (no VNC yet)", "there is no VNC server yet; keymap ignored"),
+        value(["vnc"], "[host]:display[,to=N][,password=on][,share=...]|unix:path|none",
+              "VNC server on port 5900+display") { c, text throws(ConfigError) in
+            c.vnc = try VNCOption.parse(text)
+            c.warnings += c.vnc?.warnings ?? []
+        },
+        ignored(["k"], "keymap", "VNC keyboard layout (keysyms are mapped as US)", silentFor: ["en-us"],
+                "keymaps are not supported; VNC keys are mapped as a US keyboard"),
         ignored(["spice"], "options", "SPICE server (not implemented)", "SPICE is not implemented; the guest runs without it"),
-        ignored(["netdev"], "type=tap,id=id[,...]", "network backend (not yet: accepted with a warning)",
-                "networking is not implemented yet; the guest gets no network from it"),
-        ignored(["net"], "none", "legacy network option (none)", silentFor: ["none"],
-                "networking is not implemented yet; the guest gets no network from it"),
+        value(["netdev"], "[type=]tap,id=id[,ifname=name|fd=N][,script=no,downscript=no]",
+              "network backend for a NIC's netdev= (tap; other types accepted with a warning)") { c, text throws(ConfigError) in
+            let netdev = try NetdevOption.parse(text, warnings: &c.warnings)
+            guard !c.netdevs.contains(where: { $0.id == netdev.id }) else {
+                throw ConfigError(option: "-netdev", value: text, reason: "Duplicate ID '\(netdev.id)' for netdev")
+            }
+            c.netdevs.append(netdev)
+        },
+        value(["nic"], "[tap|none|...][,model=rtl8139][,mac=MAC][,tap options]",
+              "a NIC with its own netdev (-netdev TYPE plus -device MODEL,netdev=..,mac=..)") { c, text throws(ConfigError) in
+            try addNIC(&c, text)
+        },
+        value(["net"], "none", "legacy network option (none; others accepted with a warning)") { c, text in
+            if text == "none" {
+                c.netNone = true
+            } else {
+                c.warnings.append("-net \(text): the legacy -net syntax is not implemented; use -netdev and -device")
+            }
+        },
         ignored(["object"], "type,id=id[,...]", "user-creatable object (not implemented)", "objects are not implemented; ignored"),
         ignored(["usb"], nil, "USB controller (not yet)", "USB is not implemented yet; no USB controller"),
         ignored(["usbdevice"], "device", "USB device (not yet)", "USB is not implemented yet; no USB device"),
@@ -361,4 +380,32 @@ private func legacyDrive(_ option: String, _ path: String, index: Int, media: St
     guard !path.isEmpty else { throw ConfigError(option: option, value: path, reason: "empty file name") }
     let escaped = path.split(separator: ",", omittingEmptySubsequences: false).joined(separator: ",,")
     return try OptionList(option: option, text: "file=\(escaped),index=\(index),media=\(media)")
+}
+
+/// `-nic TYPE,model=M,mac=A,...` is `-netdev TYPE,id=__org.qemu.nicN,...` plus
+/// `-device M,netdev=__org.qemu.nicN,mac=A` (QEMU's default model for pc is e1000).
+private func addNIC(_ c: inout VMConfig, _ text: String) throws(ConfigError) {
+    var list = try OptionList(option: "-nic", text: text, impliedKey: "type")
+    let type = list.take("type") ?? "user"
+    if type == "none" {
+        try list.rejectUnknown()
+        c.netNone = true
+        return
+    }
+    let model = list.take("model") ?? "e1000"
+    let mac = list.take("mac")
+    let index = c.netdevs.filter { $0.id.hasPrefix("__org.qemu.nic") }.count
+    let id = "__org.qemu.nic\(index)"
+    func escaped(_ v: String) -> String { v.split(separator: ",", omittingEmptySubsequences: false).joined(separator: ",,") }
+    let rest = list.entries.map { ",\($0.key)=\(escaped($0.value))" }.joined()
+    var netdev: NetdevOption
+    do {
+        netdev = try NetdevOption.parse("type=\(escaped(type)),id=nic\(rest)", warnings: &c.warnings)
+    } catch {
+        throw ConfigError(option: "-nic", value: text, reason: error.reason)
+    }
+    netdev.id = id
+    c.netdevs.append(netdev)
+    c.devices.append(try OptionList(option: "-nic", text: "\(escaped(model)),netdev=\(id)" + (mac.map { ",mac=\(escaped($0))" } ?? ""),
+                                    impliedKey: "driver"))
 }

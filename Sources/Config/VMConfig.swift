@@ -25,6 +25,10 @@ public struct VMConfig: Sendable, Equatable {
     public var noReboot = false
     public var noShutdown = false
     public var devices: [OptionList] = []
+    /// `-netdev` backends in order, ids unique.
+    public var netdevs: [NetdevOption] = []
+    /// `-net none`: no default network (SwiftDM makes none anyway; recorded for fidelity).
+    public var netNone = false
     /// `-vga` was given (even `none`): no default VGA then.
     public var vgaChosen = false
     /// `-drive` lists in order; `-hda`..`-hdd` and `-cdrom` arrive here as the `-drive` they mean.
@@ -58,6 +62,8 @@ public struct VMConfig: Sendable, Equatable {
     public var chrootDirectory: String?
     /// `-no-acpi`: the firmware should not describe ACPI (Xen's hvmloader decides under Xen).
     public var noACPI = false
+    /// `-vnc`: nil without one (or with `none`).
+    public var vnc: VNCOption?
     /// Options accepted but not acted on (devices, displays, networks we do not have yet), one
     /// line each, printed at start so a libxl-built command line still starts the guest.
     public var warnings: [String] = []
@@ -76,7 +82,8 @@ public struct VMConfig: Sendable, Equatable {
             && a.append == b.append && a.fwCfgDMA == b.fwCfgDMA && a.logItems == b.logItems && a.monitors == b.monitors && a.uuid == b.uuid
             && a.incoming == b.incoming && a.xenDomainID == b.xenDomainID && a.xenAttach == b.xenAttach
             && a.xenRestrict == b.xenRestrict && a.runAsUser == b.runAsUser && a.chrootDirectory == b.chrootDirectory
-            && a.noACPI == b.noACPI && a.warnings == b.warnings && a.vgaChosen == b.vgaChosen
+            && a.noACPI == b.noACPI && a.warnings == b.warnings && a.vgaChosen == b.vgaChosen && a.vnc == b.vnc
+            && a.netdevs == b.netdevs && a.netNone == b.netNone
     }
 
     /// The `-chardev` ids a monitor serves: the machine must not open them as devices.

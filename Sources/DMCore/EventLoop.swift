@@ -26,6 +26,8 @@ public final class EventLoop: TimerService, @unchecked Sendable {
     private let wakeFD: Int32
     private let timerFD: Int32
     private var readers: [Int32: () -> Void] = [:]
+    /// Handlers for "writable again" on some readers' descriptors (a socket with queued output).
+    private var writers: [Int32: () -> Void] = [:]
     /// Work from other threads. A struct rather than a tuple of closures: stored at its own
     /// abstraction level, so queueing needs no reabstraction thunk (an allocation per post).
     private struct Posted {
@@ -78,8 +80,24 @@ public final class EventLoop: TimerService, @unchecked Sendable {
 
     /// Same threads as `addReader`. An event already returned for `fd` finds no handler.
     public func removeReader(_ fd: Int32) {
+        writers.removeValue(forKey: fd)
         guard readers.removeValue(forKey: fd) != nil else { return }
         _ = sdm_epoll_ctl(epollFD, EPOLL_CTL_DEL, fd, 0, 0)
+    }
+
+    /// Calls `handler` whenever the reader `fd` can be written, until it is set to nil: for
+    /// output that did not fit the socket buffer. Same threads as `addReader`.
+    public func setWriter(_ fd: Int32, _ handler: (() -> Void)?) throws(SystemError) {
+        guard readers[fd] != nil else { throw SystemError("epoll_ctl(writer \(fd) without a reader)", errno: EBADF) }
+        guard (writers[fd] == nil) != (handler == nil) else {
+            writers[fd] = handler
+            return
+        }
+        let events = UInt32(EPOLLIN.rawValue) | (handler == nil ? 0 : UInt32(EPOLLOUT.rawValue))
+        guard sdm_epoll_ctl(epollFD, EPOLL_CTL_MOD, fd, events, UInt64(UInt32(bitPattern: fd))) == 0 else {
+            throw SystemError("epoll_ctl(mod \(fd))")
+        }
+        writers[fd] = handler
     }
 
     /// Runs `work` on the loop thread, under the device lock. Safe from any thread.
@@ -132,7 +150,13 @@ public final class EventLoop: TimerService, @unchecked Sendable {
                     _ = read(timerFD, &value, 8)
                     lock.withLock { armedHostDeadline = nil }
                 } else {
-                    lock.withLock { readers[fd]?() }
+                    let writable = events[i] & UInt32(EPOLLOUT.rawValue) != 0
+                    let readable = events[i] & ~UInt32(EPOLLOUT.rawValue) != 0
+                    lock.withLock {
+                        if writable { writers[fd]?() }
+                        // A writer may have closed the descriptor; its reader is gone then.
+                        if readable { readers[fd]?() }
+                    }
                 }
             }
             lock.withLock {

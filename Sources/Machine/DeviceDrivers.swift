@@ -1,3 +1,4 @@
+import Backends
 import Config
 import DMCore
 import Devices
@@ -23,6 +24,14 @@ struct DeviceContext {
     var ahci: [String: (controller: AHCIController, firmwarePath: String)] = [:]
     /// The `id=` of the `-device` being built.
     var deviceID: String?
+    /// `-netdev` backends by id (nil: a type not implemented yet); a NIC takes its own out.
+    var netdevs: [String: (any NetBackend)?] = [:]
+    /// Netdev ids already taken by a NIC (each backend has one peer).
+    var usedNetdevs: Set<String> = []
+    /// NICs built so far: the next default MAC address is QEMU's 52:54:00:12:34:56 + count.
+    var nicCount = 0
+    /// Guest-time timers (the event loop's).
+    let timers: any TimerService
 }
 
 /// The `-device` drivers this machine knows, as one declared table (QEMU's `-device help`
@@ -78,10 +87,7 @@ struct DeviceDriver: Sendable {
             list, context throws(ConfigError) in
             try addStdVGA(list: &list, context: &context)
         },
-        DeviceDriver(name: "cirrus-vga", bus: "PCI",
-                     help: "Cirrus Logic GD5446 VGA with BitBLT engine (1013:00b8): vgamem_mb (4, 8 or 16), romfile, addr") {
-            list, context throws(ConfigError) in
-            try addCirrusVGA(list: &list, context: &context)
+        "qxl-vga", "e1000", "virtio-net-pci", "lsi53c895a", "scsi-hd",
         },
     ]
 
@@ -90,7 +96,11 @@ struct DeviceDriver: Sendable {
     /// QEMU devices libxl (or a QEMU user) may ask for that SwiftDM does not have yet: accepted
     /// with a warning instead of refused, so the guest starts (xen-contract.md §A.2.5).
     static let notYetImplemented: Set<String> = [
+<<<<<<< HEAD
         "qxl-vga", "e1000", "rtl8139", "virtio-net-pci", "lsi53c895a", "scsi-hd",
+=======
+        "qxl-vga", "e1000", "virtio-net-pci", "lsi53c895a", "scsi-hd",
+>>>>>>> feature-vga
         "piix3-usb-uhci", "ich9-usb-ehci1", "ich9-usb-uhci1", "ich9-usb-uhci2", "ich9-usb-uhci3",
         "nec-usb-xhci", "usb-ehci", "usb-redir", "usb-tablet", "usb-mouse", "usb-kbd", "intel-hda", "hda-duplex",
         "ac97", "adlib", "cs4231a", "es1370", "gus", "sb16", "virtio-serial", "virtserialport", "xen-pvdevice",

@@ -4,6 +4,7 @@ import DMCore
 import Devices
 import KVMAccel
 import XenAccel
+import Display
 import Monitor
 import Synchronization
 #if canImport(Glibc)
@@ -50,6 +51,8 @@ public final class PCMachine: @unchecked Sendable {
     var backends: [any CharBackend] = []
     /// The display device's picture and its readers; nil without a display device.
     var display: MachineDisplay?
+    /// The `-vnc` server, if one was asked for.
+    var vnc: VNCServer?
     let exitStatus = Atomic<Int32>(0)
     /// Where lifecycle events go (the QMP monitor); set before `run`.
     public weak var monitorEvents: (any MonitorEventSink)?
@@ -178,6 +181,7 @@ public final class PCMachine: @unchecked Sendable {
             try assembleDevices(router: router, ide: ide)
             try finishIDE(ide, router: router, firmwareEntries: firmwareBootEntries)
             try xen?.claim(ports: ports, mmio: mmio, pci: pci)
+            try assembleVNC()
         } catch let error as MachineError {
             throw error
         } catch let error as ConfigError {

@@ -129,8 +129,9 @@ extension PCMachine {
         var context = DeviceContext(ports: ports, mmio: mmio, pci: pci, router: router, memory: memory, poster: loop,
                                     notifications: notifications,
                                     onDebugExit: { [weak self] status in self?.requestExit(status: status) },
-                                    deviceRAM: deviceRAM)
+                                    deviceRAM: deviceRAM, timers: loop)
         context.ide = ide
+        context.netdevs = try openNetdevs()
         for var list in config.devices {
             guard let name = list.take("driver") else {
                 throw ConfigError(option: "-device", value: list.text, reason: "missing driver name")
@@ -148,8 +149,30 @@ extension PCMachine {
             try list.rejectUnknown()
         }
         if let ide { try plugVirtioDrives(ide, context: &context) }
+        for id in config.netdevs.map(\.id) where !context.usedNetdevs.contains(id) {
+            GuestErrorLog.stderrSink("swiftdm: warning: netdev \(id) has no peer")
+        }
         append(devices: context.created)
         if let source = context.display { display = MachineDisplay(source: source, timers: loop) }
+    }
+
+    /// The `-netdev` backends: taps are opened (and created if missing) now, before any
+    /// privilege is dropped; types not implemented yet stand as nil.
+    func openNetdevs() throws -> [String: (any NetBackend)?] {
+        var netdevs: [String: (any NetBackend)?] = [:]
+        for netdev in config.netdevs {
+            switch netdev.kind {
+            case .tap(let options):
+                do {
+                    netdevs[netdev.id] = try TapNetBackend(id: netdev.id, options: options, loop: loop)
+                } catch {
+                    throw MachineError(error.description)
+                }
+            case .notImplemented:
+                netdevs[netdev.id] = .some(nil)
+            }
+        }
+        return netdevs
     }
 
     /// With no display, the serial port is the console, and SeaBIOS should print there.

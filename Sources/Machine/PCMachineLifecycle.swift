@@ -199,6 +199,7 @@ extension PCMachine {
         lock.withLock {
             for backend in backends { backend.close() }
             closeBlockDrives()
+            vnc?.close()
         }
     }
 }

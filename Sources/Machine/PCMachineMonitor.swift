@@ -177,10 +177,13 @@ extension PCMachine: MonitorHost {
 
     public var blockDevices: [JSONValue] { blockQueryEntries }
     public var blockStats: [JSONValue] { blockStatsEntries }
-    public var vncInfo: JSONValue? { nil }
+    public var vncInfo: JSONValue? { vncQueryInfo }
 
+    /// QEMU refuses (with this message) when there is no VNC server or it runs without
+    /// `password=on`: a password would not be asked for.
     public func setVNCPassword(_ password: String) throws(QMPError) {
-        throw .generic("no VNC display")
+        guard let vnc, vnc.option.password else { throw .generic("Could not set password") }
+        vnc.setPassword(password)
     }
 
     public func screenshot() throws(QMPError) -> Screenshot {

@@ -31,11 +31,30 @@ enum HumanMonitor {
         InfoItem(name: "block", help: "show the block devices") { context, _ in
             (context.host?.blockDevices ?? []).map(describeBlock).joined(separator: "\n")
         },
+        InfoItem(name: "vnc", help: "show the vnc server status") { context, _ in
+            guard let info = context.host?.vncInfo else { return "VNC server not active\n" }
+            return describeVNC(info)
+        },
         InfoItem(name: "registers", help: "show the cpu registers") { context, cpu in
             guard let dump = context.host?.registerDump(cpu: cpu ?? 0) else { return "No CPU \(cpu ?? 0)\n" }
             return dump.hasSuffix("\n") ? dump : dump + "\n"
         },
     ]
+
+    /// QEMU's `info vnc` for its one server (`hmp_info_vnc`), from the `query-vnc` reply.
+    static func describeVNC(_ info: JSONValue) -> String {
+        func address(_ v: JSONValue) -> String {
+            let host = v["host"]?.stringValue ?? "", service = v["service"]?.stringValue ?? ""
+            let family = v["family"]?.stringValue ?? ""
+            return family == "unix" ? "\(host) (unix)" : "\(host):\(service) (\(family))"
+        }
+        let auth = info["auth"]?.stringValue ?? "none"
+        var text = "default:\n  Server: \(address(info))\n    Auth: \(auth) (Sub: none)\n"
+        for client in info["clients"]?.arrayValue ?? [] {
+            text += "  Client: \(address(client))\n    x509_dname: none\n    username: none\n"
+        }
+        return text
+    }
 
     static func execute(_ commandLine: String, cpuIndex: Int?, context: QMPCommandContext) -> String {
         let words = commandLine.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)

@@ -20,6 +20,15 @@ struct PasswordArguments: QMPArguments {
     let password: String
 }
 
+struct SetPasswordArguments: QMPArguments {
+    static let parameters = [QMPParameter("protocol", "str"), QMPParameter("password", "str"),
+                             QMPParameter("connected", "str", optional: true), QMPParameter("display", "str", optional: true)]
+    let `protocol`: String
+    let password: String
+    let connected: String?
+    let display: String?
+}
+
 struct ScreendumpArguments: QMPArguments {
     static let parameters = [QMPParameter("filename", "str"), QMPParameter("device", "str", optional: true),
                              QMPParameter("head", "int", optional: true), QMPParameter("format", "str", optional: true)]
@@ -239,6 +248,21 @@ enum QMPCommands {
         },
         QMPCommand("change-vnc-password", PasswordArguments.self) { args, context throws(QMPError) in
             try context.requireHost().setVNCPassword(args.password)
+            return .empty
+        },
+        QMPCommand("set_password", SetPasswordArguments.self) { args, context throws(QMPError) in
+            switch args.protocol {
+            case "vnc":
+                // QEMU: VNC only knows "keep" (clients stay connected).
+                if let connected = args.connected, connected != "keep" {
+                    throw .generic("VNC protocol only supports 'connected=keep'")
+                }
+                try context.requireHost().setVNCPassword(args.password)
+            case "spice":
+                throw .generic("SPICE is not available")
+            default:
+                throw .generic("Parameter 'protocol' does not accept value '\(args.protocol)'")
+            }
             return .empty
         },
         QMPCommand("screendump", ScreendumpArguments.self) { args, context throws(QMPError) in

@@ -145,4 +145,74 @@ final class VGABootTests: XCTestCase {
         vm.signal(SIGTERM)
         XCTAssertEqual(vm.waitForExit(timeout: 10), 0)
     }
+
+    /// The lab's hvm-vga payload on KVM: text through the VGA BIOS, then 1024×768×32 through
+    /// the DISPI registers with eight colour bars stored straight into the linear framebuffer
+    /// (BAR0, a KVM memory slot), then a white box the redraw must pick up.
+    func testVBELinearFramebufferOnKVM() throws {
+        try VMProcess.requireKVM()
+        guard FileManager.default.isReadableFile(atPath: Self.vgaBIOS),
+              FileManager.default.isExecutableFile(atPath: "/usr/bin/as") else {
+            let message = "SKIPPED: \(Self.vgaBIOS) or binutils (as, ld) missing; the VBE test cannot run"
+            FileHandle.standardError.write(Data(("\n*** " + message + " ***\n").utf8))
+            throw XCTSkip(message)
+        }
+        let build = FileManager.default.temporaryDirectory.appendingPathComponent("swiftdm-vbe-\(getpid())")
+        try FileManager.default.createDirectory(at: build, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: build) }
+        let image = build.appendingPathComponent("vga.img").path
+        let object = build.appendingPathComponent("vga.o").path
+        let source = VMProcess.repositoryRoot.appendingPathComponent("lab/xen/payloads/vga.S").path
+        for command in [["/usr/bin/as", "--32", "-o", object, source],
+                        ["/usr/bin/ld", "-m", "elf_i386", "-Ttext=0x7c00", "--oformat", "binary", "-e", "_start", "-o", image, object],
+                        ["/usr/bin/truncate", "-s", "1M", image]] {
+            let tool = Process()
+            tool.executableURL = URL(fileURLWithPath: command[0])
+            tool.arguments = Array(command.dropFirst())
+            try tool.run()
+            tool.waitUntilExit()
+            XCTAssertEqual(tool.terminationStatus, 0, "\(command)")
+        }
+        let machine = try QMPVM(Self.arguments + ["-serial", "file:$DIR/serial.log", "-drive", "file=\(image),format=raw,if=ide"])
+        let directory = machine.directory.path
+        let client = try machine.client()
+        try client.negotiate()
+        func waitForSerial(_ marker: String, timeout: TimeInterval = 120) -> Bool {
+            let deadline = Date().addingTimeInterval(timeout)
+            while Date() < deadline {
+                let text = String(decoding: FileManager.default.contents(atPath: "\(directory)/serial.log") ?? Data(), as: UTF8.self)
+                if text.contains(marker) { return true }
+                usleep(100_000)
+            }
+            return false
+        }
+        func screendump(_ name: String) throws -> Picture {
+            let path = "\(directory)/\(name).ppm"
+            XCTAssertNotNil(try client.execute("screendump", ["filename": path])["return"])
+            return try Picture(ppm: Data(contentsOf: URL(fileURLWithPath: path)))
+        }
+        func pixel(_ picture: Picture, _ x: Int, _ y: Int) -> UInt32 {
+            let at = (y * picture.width + x) * 3
+            return UInt32(picture.rgb[at]) << 16 | UInt32(picture.rgb[at + 1]) << 8 | UInt32(picture.rgb[at + 2])
+        }
+
+        XCTAssertTrue(waitForSerial("LAB-VGA-TEXT"), machine.stderr)
+        let text = try screendump("text")
+        XCTAssertEqual([text.width, text.height], [720, 400])
+        XCTAssertGreaterThan(text.lightPixels(rows: 0..<16), 100, "the payload's line on the first row")
+
+        XCTAssertTrue(waitForSerial("LAB-VGA-LFB"), machine.stderr)
+        let bars = try screendump("bars")
+        XCTAssertEqual([bars.width, bars.height], [1024, 768])
+        let colours: [UInt32] = [0xFF0000, 0x00FF00, 0x0000FF, 0xFFFF00, 0xFF00FF, 0x00FFFF, 0x808080, 0x404040]
+        for (bar, colour) in colours.enumerated() {
+            for y in [0, 383, 767] { XCTAssertEqual(pixel(bars, bar * 128 + 64, y), colour, "bar \(bar) at line \(y)") }
+        }
+
+        XCTAssertTrue(waitForSerial("LAB-VGA-BOX"), machine.stderr)
+        let box = try screendump("box")
+        XCTAssertEqual(pixel(box, 32, 32), 0xFFFFFF)
+        XCTAssertEqual(pixel(box, 95, 95), 0xFFFFFF)
+        XCTAssertEqual(pixel(box, 96, 96), 0xFF0000, "the bar again past the box")
+    }
 }

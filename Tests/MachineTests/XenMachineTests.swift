@@ -50,6 +50,25 @@ final class XenMachineTests: XCTestCase {
         return (machine, sim, store)
     }
 
+    /// libxl's vga="stdvga" form: the standard VGA assembles under Xen, Xen forwards its
+    /// legacy ranges, and the machine has a display to take screendumps from.
+    func testStandardVGAAssemblesUnderXenAndClaimsItsLegacyRanges() throws {
+        // 8 MiB of guest RAM: the VRAM's home (after guest RAM) fits in the simulator's 16 MiB.
+        var arguments = libxlArguments().map { $0 == "cirrus-vga,vgamem_mb=8" ? "VGA,vgamem_mb=1" : $0 }
+        if let memory = arguments.firstIndex(of: "-m") { arguments[memory + 1] = "8" }
+        let (machine, sim, _) = try makeMachine(arguments)
+        defer { machine.shutdownBackends() }
+        let ranges = sim.dmOps.compactMap { op -> String? in
+            if case let .mapRange(kind, start, end) = op { return "\(kind) \(hex(start))-\(hex(end))" }
+            return nil
+        }
+        for expected in ["port 0x3b0-0x3df", "port 0x1ce-0x1d1", "mmio 0xa0000-0xbffff"] {
+            XCTAssertTrue(ranges.contains(expected), "\(expected) not claimed: \(ranges)")
+        }
+        XCTAssertNotNil(machine.display)
+        XCTAssertNotNil(machine.pci.functions.compactMap { $0 as? StdVGA }.first)
+    }
+
     func testLibxlArgvAssemblesAndClaimsExactlyWhatItDecodes() throws {
         let (machine, sim, store) = try makeMachine(libxlArguments())
         defer { machine.shutdownBackends() }

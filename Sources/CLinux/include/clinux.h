@@ -74,4 +74,13 @@ int sdm_signalfd(const int *signals, int count);
 int sdm_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t token);
 int sdm_epoll_wait(int epfd, uint64_t *tokens, uint32_t *events, int capacity, int timeout_ms);
 
+// Tap interfaces: TUNSETIFF with IFF_TAP | IFF_NO_PI on a new non-blocking /dev/net/tun
+// descriptor (the kernel's name goes to `actual`), and TUNGETIFF on a descriptor we were given
+// (returns its flags, or -1).
+int sdm_tap_open(const char *ifname, char *actual, size_t actual_size);
+int sdm_tap_query(int fd, char *actual, size_t actual_size);
+int sdm_IFF_TAP(void);
+int sdm_IFF_NO_PI(void);
+int sdm_IFF_VNET_HDR(void);
+
 #endif

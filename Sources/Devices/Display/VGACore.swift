@@ -261,7 +261,9 @@ public final class VGACore: @unchecked Sendable {
     /// write while DISPI is on: an unknown depth becomes 8 bpp, widths are multiples of 8 and
     /// at most 16000, the visible height fits in VRAM, and offsets that would show memory past
     /// the end are dropped.
-    func fixDISPI() {
+    /// `updatingVGA` false: only the DISPI side (restoring state, whose VGA registers are
+    /// already what the guest left).
+    func fixDISPI(updatingVGA: Bool = true) {
         guard dispiEnabled else { return }
         switch dispi[DISPI.bpp] {
         case 8, 15, 16, 24, 32: break
@@ -296,6 +298,7 @@ public final class VGACore: @unchecked Sendable {
         dispi[DISPI.yOffset] = UInt16(yOffset)
         dispiLineBytes = lineBytes
         dispiStart = start
+        guard updatingVGA else { return }
         // The VGA side follows, as on QEMU: a 64 KiB graphics window at 0xA0000 (the bank),
         // chain 4 on all planes and 256-colour shifting, so banked access from real mode works.
         graphics[6] = (graphics[6] & ~0x0C) | 0x05
@@ -709,7 +712,7 @@ public final class VGACore: @unchecked Sendable {
         dispi = savedDISPI
         if !DISPI.ids.contains(dispi[DISPI.id]) { dispi[DISPI.id] = DISPI.ids.upperBound }
         // The derived values come from the registers, clamped exactly as a guest write would be.
-        fixDISPI()
+        fixDISPI(updatingVGA: false)
         let bank = dispi[DISPI.bank]
         writeDISPI(register: DISPI.bank, bank)
         if !dispiEnabled { dispiLineBytes = 0; dispiStart = 0 }

@@ -11,11 +11,15 @@ import DMCore
 /// (command byte bit 6), keyboard scan codes (set 2) and the identify reply are translated to
 /// set 1 as they enter the queue, as QEMU's keyboard does; command replies are not.
 ///
+/// Host input arrives as `KeyboardInput` (set-2 scan codes) and `PointerInput` (relative
+/// motion, wheel, buttons), the VNC server's seams.
+///
 /// Queues are bounded: each device keeps at most 32 bytes; host key input stops at 16 queued
 /// bytes so replies to guest commands always fit.
-public final class I8042: BusDevice, Snapshottable, Resettable, @unchecked Sendable {
+public final class I8042: BusDevice, Snapshottable, Resettable, KeyboardInput, PointerInput, @unchecked Sendable {
     public let stateID: String
-    public let stateVersion: UInt32 = 1
+    /// Version 2 adds the mouse's IntelliMouse mode and sample-rate history.
+    public let stateVersion: UInt32 = 2
 
     /// Output port bit 0 written as 0, or a pulse command with bit 0 clear (0xFE), asks for a
     /// system reset. Called with the DeviceLock held; schedule, don't reset inline.
@@ -118,6 +122,13 @@ public final class I8042: BusDevice, Snapshottable, Resettable, @unchecked Senda
         refillOutput()
     }
 
+    /// Moves the mouse: packets are queued while the guest has reporting on (stream mode);
+    /// motion that does not fit the queue is kept and sent as it drains, as QEMU does.
+    public func pointerInput(dx: Int, dy: Int, wheel: Int, buttons: UInt8) {
+        mouse.move(dx: dx, dy: dy, wheel: wheel, buttons: buttons)
+        refillOutput()
+    }
+
     // MARK: BusDevice
 
     public func read(region: Int, offset: UInt64, size: Int) -> UInt64 {
@@ -164,6 +175,7 @@ public final class I8042: BusDevice, Snapshottable, Resettable, @unchecked Senda
                 load(byte, aux: false)
             } else if commandByte & CommandByte.auxDisabled == 0, let byte = mouse.queue.pop() {
                 load(byte, aux: true)
+                mouse.flushMotion()
             }
         }
         updateIRQs()
@@ -295,7 +307,7 @@ public final class I8042: BusDevice, Snapshottable, Resettable, @unchecked Senda
     }
 
     public func loadState(from reader: inout StateReader, version: UInt32) throws(StateError) {
-        guard version == 1 else { throw .unsupportedVersion(section: stateID, version: version) }
+        guard version == 1 || version == 2 else { throw .unsupportedVersion(section: stateID, version: version) }
         let newCommandByte = try reader.get(UInt8.self)
         let newSystemFlag = try reader.get(Bool.self)
         let newLastWrite = try reader.get(Bool.self)
@@ -318,7 +330,7 @@ public final class I8042: BusDevice, Snapshottable, Resettable, @unchecked Senda
             newPending = p
         }
         let newKeyboard = try PS2Keyboard.load(from: &reader)
-        let newMouse = try PS2Mouse.load(from: &reader)
+        let newMouse = try PS2Mouse.load(from: &reader, version: version)
         commandByte = newCommandByte
         systemFlag = newSystemFlag
         lastWriteWasCommand = newLastWrite
@@ -367,7 +379,7 @@ struct PS2Keyboard {
             breakPending = true
             return
         }
-        _ = queue.push(setOneTranslation[Int(code)] | (breakPending ? 0x80 : 0))
+        _ = queue.push(ScanCodes.set2ToSet1[Int(code)] | (breakPending ? 0x80 : 0))
         breakPending = false
     }
 
@@ -414,7 +426,7 @@ struct PS2Keyboard {
         case 0xEE:
             send(PS2Reply.echo)
         case 0xF2:
-            send(PS2Reply.ack, 0xAB, translate ? setOneTranslation[0x83] : 0x83)
+            send(PS2Reply.ack, 0xAB, translate ? ScanCodes.set2ToSet1[0x83] : 0x83)
         case 0xF4:
             scanning = true
             send(PS2Reply.ack)
@@ -466,9 +478,10 @@ struct PS2Keyboard {
     }
 }
 
-/// Enough of a PS/2 mouse for firmware and OS probes: reset, identify (a plain 3-byte mouse),
-/// reporting on/off, sample rate, resolution, scaling, status, stream/remote mode. It never
-/// moves; host pointer input is future work.
+/// A PS/2 mouse: reset, identify, reporting on/off, sample rate, resolution, scaling, status,
+/// stream/remote mode, and movement packets from host input. Setting the sample rate to 200,
+/// 100, 80 in a row turns it into an IntelliMouse (ID 3) whose packets carry a fourth, wheel
+/// byte, as Linux and Windows probe for.
 struct PS2Mouse {
     var queue = Ring<UInt8>(capacity: I8042.deviceQueueCapacity)
     var awaitingArgument: UInt8 = 0
@@ -477,6 +490,17 @@ struct PS2Mouse {
     var scaling2to1 = false
     var resolution: UInt8 = 2
     var sampleRate: UInt8 = 100
+    /// 0: a plain mouse; 3: IntelliMouse (wheel). Only a reset clears it.
+    var deviceID: UInt8 = 0
+    /// The last three sample rates set, newest last (the IntelliMouse knock).
+    var rateHistory: [UInt8] = [0, 0, 0]
+    /// Host motion not yet sent (the queue was full) and the buttons now held. Host state, not
+    /// saved.
+    var pendingDX = 0
+    var pendingDY = 0
+    var pendingWheel = 0
+    var buttons: UInt8 = 0
+    var buttonsChanged = false
 
     private mutating func send(_ bytes: UInt8...) {
         for b in bytes { _ = queue.push(b) }
@@ -498,7 +522,13 @@ struct PS2Mouse {
         if awaitingArgument != 0 {
             let command = awaitingArgument
             awaitingArgument = 0
-            if command == 0xE8 { resolution = byte & 0x03 } else { sampleRate = byte }
+            if command == 0xE8 {
+                resolution = byte & 0x03
+            } else {
+                sampleRate = byte
+                rateHistory = [rateHistory[1], rateHistory[2], byte]
+                if rateHistory == [200, 100, 80] { deviceID = 3 }
+            }
             send(PS2Reply.ack)
             return
         }
@@ -525,7 +555,7 @@ struct PS2Mouse {
         case 0xEC, 0xEE:
             send(PS2Reply.ack)  // wrap mode is accepted but not emulated
         case 0xF2:
-            send(PS2Reply.ack, 0x00)
+            send(PS2Reply.ack, deviceID)
         case 0xF4:
             reporting = true
             send(PS2Reply.ack)
@@ -538,9 +568,53 @@ struct PS2Mouse {
         case 0xFF:
             queue.removeAll()
             setDefaults()
+            deviceID = 0
+            rateHistory = [0, 0, 0]
             send(PS2Reply.ack, PS2Reply.selfTestPassed, 0x00)
         default:
             send(PS2Reply.resend)
+        }
+    }
+
+    var packetSize: Int { deviceID == 3 ? 4 : 3 }
+
+    /// Adds host motion (y down, wheel positive towards the user) and queues what fits.
+    mutating func move(dx: Int, dy: Int, wheel: Int, buttons newButtons: UInt8) {
+        // Clamped so a hostile or buggy client cannot overflow the sums.
+        pendingDX = max(-65536, min(65536, pendingDX + dx))
+        pendingDY = max(-65536, min(65536, pendingDY + dy))
+        pendingWheel = max(-256, min(256, pendingWheel + wheel))
+        if newButtons & 7 != buttons {
+            buttons = newButtons & 7
+            buttonsChanged = true
+        }
+        flushMotion()
+    }
+
+    /// Queues packets for pending motion while reporting in stream mode and room remains.
+    mutating func flushMotion() {
+        guard reporting, !remoteMode else {
+            pendingDX = 0
+            pendingDY = 0
+            pendingWheel = 0
+            buttonsChanged = false
+            return
+        }
+        while pendingDX != 0 || pendingDY != 0 || pendingWheel != 0 || buttonsChanged {
+            guard queue.count + packetSize <= I8042.deviceQueueCapacity else { return }
+            // Nine-bit two's complement per axis; PS/2's y grows upwards.
+            let x = max(-255, min(255, pendingDX))
+            let y = max(-255, min(255, -pendingDY))
+            let z = deviceID == 3 ? max(-8, min(7, pendingWheel)) : 0
+            pendingDX -= x
+            pendingDY += y
+            pendingWheel = deviceID == 3 ? pendingWheel - z : 0
+            buttonsChanged = false
+            var first = buttons | 0x08
+            if x < 0 { first |= 0x10 }
+            if y < 0 { first |= 0x20 }
+            send(first, UInt8(truncatingIfNeeded: x), UInt8(truncatingIfNeeded: y))
+            if deviceID == 3 { send(UInt8(truncatingIfNeeded: z)) }
         }
     }
 
@@ -552,9 +626,11 @@ struct PS2Mouse {
         writer.put(scaling2to1)
         writer.put(resolution)
         writer.put(sampleRate)
+        writer.put(deviceID)
+        writer.put(bytes: rateHistory)
     }
 
-    static func load(from reader: inout StateReader) throws(StateError) -> PS2Mouse {
+    static func load(from reader: inout StateReader, version: UInt32) throws(StateError) -> PS2Mouse {
         var m = PS2Mouse()
         for b in try reader.getBytes(maxCount: I8042.deviceQueueCapacity) { _ = m.queue.push(b) }
         m.awaitingArgument = try reader.get(UInt8.self)
@@ -563,7 +639,13 @@ struct PS2Mouse {
         m.scaling2to1 = try reader.get(Bool.self)
         m.resolution = try reader.get(UInt8.self)
         m.sampleRate = try reader.get(UInt8.self)
-        guard [0, 0xE8, 0xF3].contains(m.awaitingArgument), m.resolution <= 3 else {
+        if version >= 2 {
+            m.deviceID = try reader.get(UInt8.self)
+            let history = try reader.getBytes(maxCount: 3)
+            guard history.count == 3 else { throw .invalidValue(section: "i8042", field: "mouse rate history") }
+            m.rateHistory = history
+        }
+        guard [0, 0xE8, 0xF3].contains(m.awaitingArgument), m.resolution <= 3, [0, 3].contains(m.deviceID) else {
             throw .invalidValue(section: "i8042", field: "mouse state")
         }
         return m
@@ -604,33 +686,3 @@ struct Ring<Element: FixedWidthInteger> {
 
     var contents: [Element] { (0..<count).map { storage[(head + $0) % storage.count] } }
 }
-
-/// Scan-code set 2 → set 1, as the controller translates with command byte bit 6. Built from
-/// the key-by-key correspondence of the two sets (both are documented per key; checked against
-/// Bochs's full table); codes that name no key pass through unchanged, where the hardware
-/// table has arbitrary values. 0xE0/0xE1 prefixes pass through; the codes after them
-/// use the same table, which is how the hardware handles extended keys.
-let setOneTranslation: [UInt8] = {
-    var table = (0...255).map { UInt8($0) }
-    let pairs: [(UInt8, UInt8)] = [
-        (0x76, 0x01), (0x16, 0x02), (0x1E, 0x03), (0x26, 0x04), (0x25, 0x05), (0x2E, 0x06), (0x36, 0x07),
-        (0x3D, 0x08), (0x3E, 0x09), (0x46, 0x0A), (0x45, 0x0B), (0x4E, 0x0C), (0x55, 0x0D), (0x66, 0x0E),
-        (0x0D, 0x0F), (0x15, 0x10), (0x1D, 0x11), (0x24, 0x12), (0x2D, 0x13), (0x2C, 0x14), (0x35, 0x15),
-        (0x3C, 0x16), (0x43, 0x17), (0x44, 0x18), (0x4D, 0x19), (0x54, 0x1A), (0x5B, 0x1B), (0x5A, 0x1C),
-        (0x14, 0x1D), (0x1C, 0x1E), (0x1B, 0x1F), (0x23, 0x20), (0x2B, 0x21), (0x34, 0x22), (0x33, 0x23),
-        (0x3B, 0x24), (0x42, 0x25), (0x4B, 0x26), (0x4C, 0x27), (0x52, 0x28), (0x0E, 0x29), (0x12, 0x2A),
-        (0x5D, 0x2B), (0x1A, 0x2C), (0x22, 0x2D), (0x21, 0x2E), (0x2A, 0x2F), (0x32, 0x30), (0x31, 0x31),
-        (0x3A, 0x32), (0x41, 0x33), (0x49, 0x34), (0x4A, 0x35), (0x59, 0x36), (0x7C, 0x37), (0x11, 0x38),
-        (0x29, 0x39), (0x58, 0x3A), (0x05, 0x3B), (0x06, 0x3C), (0x04, 0x3D), (0x0C, 0x3E), (0x03, 0x3F),
-        (0x0B, 0x40), (0x83, 0x41), (0x0A, 0x42), (0x01, 0x43), (0x09, 0x44), (0x77, 0x45), (0x7E, 0x46),
-        (0x6C, 0x47), (0x75, 0x48), (0x7D, 0x49), (0x7B, 0x4A), (0x6B, 0x4B), (0x73, 0x4C), (0x74, 0x4D),
-        (0x79, 0x4E), (0x69, 0x4F), (0x72, 0x50), (0x7A, 0x51), (0x70, 0x52), (0x71, 0x53), (0x84, 0x54),
-        (0x61, 0x56), (0x78, 0x57), (0x07, 0x58),
-        // Japanese and Brazilian keys, and the keyboard's error code.
-        (0x13, 0x70), (0x51, 0x73), (0x6A, 0x7D), (0x64, 0x79), (0x67, 0x7B), (0x00, 0xFF),
-        // 0x02 (an alternate F7 code): it also makes the scan-set report for set 2 read 0x41.
-        (0x02, 0x41),
-    ]
-    for (set2, set1) in pairs { table[Int(set2)] = set1 }
-    return table
-}()
