@@ -87,7 +87,15 @@ struct DeviceDriver: Sendable {
             list, context throws(ConfigError) in
             try addStdVGA(list: &list, context: &context)
         },
-        "qxl-vga", "e1000", "virtio-net-pci", "lsi53c895a", "scsi-hd",
+        DeviceDriver(name: "cirrus-vga", bus: "PCI",
+                     help: "Cirrus Logic GD5446 VGA with BitBLT engine (1013:00b8): vgamem_mb (4, 8 or 16), romfile, addr") {
+            list, context throws(ConfigError) in
+            try addCirrusVGA(list: &list, context: &context)
+        },
+        DeviceDriver(name: "rtl8139", bus: "PCI",
+                     help: "Realtek RTL8139C Fast Ethernet (10ec:8139): netdev=ID of a -netdev, mac, addr, romfile") {
+            list, context throws(ConfigError) in
+            try addRTL8139(list: &list, context: &context)
         },
     ]
 
@@ -96,11 +104,7 @@ struct DeviceDriver: Sendable {
     /// QEMU devices libxl (or a QEMU user) may ask for that SwiftDM does not have yet: accepted
     /// with a warning instead of refused, so the guest starts (xen-contract.md §A.2.5).
     static let notYetImplemented: Set<String> = [
-<<<<<<< HEAD
-        "qxl-vga", "e1000", "rtl8139", "virtio-net-pci", "lsi53c895a", "scsi-hd",
-=======
         "qxl-vga", "e1000", "virtio-net-pci", "lsi53c895a", "scsi-hd",
->>>>>>> feature-vga
         "piix3-usb-uhci", "ich9-usb-ehci1", "ich9-usb-uhci1", "ich9-usb-uhci2", "ich9-usb-uhci3",
         "nec-usb-xhci", "usb-ehci", "usb-redir", "usb-tablet", "usb-mouse", "usb-kbd", "intel-hda", "hda-duplex",
         "ac97", "adlib", "cs4231a", "es1370", "gus", "sb16", "virtio-serial", "virtserialport", "xen-pvdevice",
