@@ -268,6 +268,26 @@ final class CirrusBlitterTests: XCTestCase {
         }
     }
 
+    /// QEMU's rules, kept so pictures match it: 16/32-bit pixels land at addresses rounded down
+    /// to their size, and a monochrome source byte is read once for its 8 pixels even when the
+    /// expansion overwrites it on the way.
+    func testPixelRoundingAndSourceByteReadOnce() {
+        let rig = BlitRig()
+        rig.colours(foreground: 0x2211, background: 0)
+        rig.program(width: 4, height: 1, destination: 101, destinationPitch: 4,
+                    mode: [.patternCopy, .colourExpand, .pixelBytes(2)], modeExt: .solidFill)
+        XCTAssertEqual(rig.start(), 100..<105)
+        XCTAssertEqual(Array(rig.vram[99..<106]), [0, 0x11, 0x22, 0x11, 0x22, 0, 0])
+
+        // The source byte sits under the first destination pixels: all 8 bits still come from
+        // its value before the blit.
+        rig.vram[200] = 0b1111_0000
+        rig.colours(foreground: 0x00, background: 0x0F)
+        rig.program(width: 8, height: 1, destination: 200, destinationPitch: 8, source: 200, mode: .colourExpand)
+        rig.start()
+        XCTAssertEqual(Array(rig.vram[200..<208]), [0, 0, 0, 0, 0x0F, 0x0F, 0x0F, 0x0F])
+    }
+
     // MARK: System source
 
     func testSystemSourceCopyLineByLine() {

@@ -53,7 +53,7 @@ final class XenMachineTests: XCTestCase {
     /// libxl's vga="stdvga" form: the standard VGA assembles under Xen, Xen forwards its
     /// legacy ranges, and the machine has a display to take screendumps from.
     func testStandardVGAAssemblesUnderXenAndClaimsItsLegacyRanges() throws {
-        // 8 MiB of guest RAM: the VRAM's home (after guest RAM) fits in the simulator's 16 MiB.
+        // 8 MiB of guest RAM and 1 MiB of VRAM: its home (after guest RAM) is well inside the simulated RAM.
         var arguments = libxlArguments().map { $0 == "cirrus-vga,vgamem_mb=8" ? "VGA,vgamem_mb=1" : $0 }
         if let memory = arguments.firstIndex(of: "-m") { arguments[memory + 1] = "8" }
         let (machine, sim, _) = try makeMachine(arguments)

@@ -543,8 +543,14 @@ public final class CirrusBlitter {
                 let opaque = plan.operation == .colourExpand
                 var bit = plan.sourceSkip
                 var x = plan.destinationSkip
+                // A source byte is read once for its 8 pixels (it may overlap the destination).
+                var byteIndex = -1
+                var byte: UInt8 = 0
                 while x < plan.width {
-                    let byte = source[sourceRow + (bit >> 3)] ^ plan.invertBits
+                    if bit >> 3 != byteIndex {
+                        byteIndex = bit >> 3
+                        byte = source[sourceRow + byteIndex] ^ plan.invertBits
+                    }
                     let set = byte & (0x80 >> UInt8(bit & 7)) != 0
                     if opaque {
                         put(set ? plan.foreground : plan.background, at: row + x, plan, vram)
