@@ -135,6 +135,12 @@ guest_attach() {  # guest_attach NAME: (re)read DOMID/DMPID of a running guest
 
 # guest_live NAME: fails unless `xl list` shows domain NAME, neither crashed, shut down nor dying;
 # sets GUEST_STATE (xl's state column) and GUEST_CPU_S (its CPU seconds)
+serial_shell() {  # serial_shell NAME: wait for the lab init's shell on NAME's COM1 socket to answer
+  step serial 900 python3 "$LAB/dom0/lab-expect.py" --unix "$RUN/$1-com1.sock" --log "$OUT/com1.log" \
+      --timeout $(scaled 840) --ready LAB-GUEST-READY --probe 'echo LAB-SUM=$((6*7))' --want LAB-SUM=42 \
+    || fail "HVM Linux did not reach a shell on the emulated serial port: $(tail -1 "$OUT/step-serial.log")"
+}
+
 guest_live() {
   local line; line=$(xl list "$1" 2>/dev/null | awk 'NR==2 {print $5, $6}')
   [ -n "$line" ] || fail "domain $1 is not in xl list any more (see logs/xl-dmesg.log)"
@@ -179,6 +185,8 @@ finish() {
   xl list > "$OUT/logs/xl-list-at-end.txt" 2>&1
   ps -eo pid,ppid,etime,rss,args > "$OUT/logs/ps-at-end.txt" 2>&1
   destroy_all
+  # a scenario's own host-side set-up (a bridge, a DHCP server) goes after its guests
+  declare -F scenario_cleanup > /dev/null && scenario_cleanup
   if grep -q '^FAIL' "$OUT/verdict"; then
     {
       echo "scenario $SCENARIO: $(cat "$OUT/verdict")"

@@ -29,6 +29,14 @@ for mod in xen-blkfront; do
     mkdir -p "$r$(dirname "$ko")"; cp "$rootfs$ko" "$r$ko"; echo "$ko" >> "$r/lib/lab-modules"
   done
 done
+# emulated NICs for hvm-net: 8139too (SwiftDM's RTL8139, rev 0x10) and 8139cp (QEMU's, rev 0x20)
+: > "$r/lib/net-modules"
+for mod in 8139too 8139cp; do
+  chroot "$rootfs" modprobe --show-depends -S "$kver" "$mod" | awk '$1=="insmod"{print $2}' | while read -r ko; do
+    [ -e "$r$ko" ] && continue
+    mkdir -p "$r$(dirname "$ko")"; cp "$rootfs$ko" "$r$ko"; echo "$ko" >> "$r/lib/net-modules"
+  done
+done
 (cd "$r" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -9) > "$out/initramfs.cpio.gz"
 echo "kernel $kver" > "$out/VERSION"
 ls -la "$out"

@@ -9,12 +9,8 @@ PICTURE_DOMAIN=hvm-cirrus
 scenario() {
   cp "$GUEST/vga.img" "$WORK/vga.img"
   guest_create hvm-cirrus
-  local t0; t0=$(now)
-  local port; port=$(xenstore-read /local/domain/$DOMID/console/vnc-port 2>/dev/null) \
-    || fail "no /local/domain/$DOMID/console/vnc-port: libxl did not get a VNC port from query-vnc"
-  DISPLAY_NO=$((port - 5900))
-  wait_until "the payload's text line (LAB-VGA-TEXT on COM1)" 240 grep -q LAB-VGA-TEXT "$OUT/com1.log"
-  metric text_after_create_s "$(elapsed "$t0")"
+  vnc_display
+  text_screen
   wait_until "the payload's PCI scan (LAB-VGA-NODEV on COM1)" 60 grep -q LAB-VGA-NODEV "$OUT/com1.log"
   picture text text
   guest_live hvm-cirrus

@@ -12,12 +12,8 @@ PICTURE_DOMAIN=hvm-vga
 scenario() {
   cp "$GUEST/vga.img" "$WORK/vga.img"
   guest_create hvm-vga
-  local t0; t0=$(now)
-  local port; port=$(xenstore-read /local/domain/$DOMID/console/vnc-port 2>/dev/null) \
-    || fail "no /local/domain/$DOMID/console/vnc-port: libxl did not get a VNC port from query-vnc"
-  DISPLAY_NO=$((port - 5900))
-  wait_until "the payload's text line (LAB-VGA-TEXT on COM1)" 240 grep -q LAB-VGA-TEXT "$OUT/com1.log"
-  metric text_after_create_s "$(elapsed "$t0")"
+  vnc_display
+  text_screen
   picture text text
   local t1; t1=$(now)
   wait_until "the linear framebuffer filled (LAB-VGA-LFB on COM1)" 240 grep -q LAB-VGA-LFB "$OUT/com1.log"
