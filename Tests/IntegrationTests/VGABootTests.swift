@@ -113,18 +113,9 @@ final class VGABootTests: XCTestCase {
             (["-device", "VGA,romfile=/nonexistent/vga.bin"], "romfile /nonexistent/vga.bin not found"),
             (["-device", "VGA,colour=blue"], "colour"),
         ]
-        for (arguments, expected) in cases {
-            let (status, _, err) = try VMProcess.run(base + arguments, timeout: 30)
-            XCTAssertEqual(status, 1, "\(arguments): \(err)")
-            XCTAssertTrue(err.contains(expected), "\(arguments): expected '\(expected)' in: \(err)")
-            XCTAssertEqual(err.split(separator: "\n").count, 1, "one line: \(err)")
-        }
+        for (arguments, expected) in cases { try VMProcess.expectOneLineError(base + arguments, expected) }
         // romfile="" means no ROM BAR: the machine starts (and is stopped right away).
-        let vm = try VMProcess(base + ["-device", "VGA,romfile=,vgamem_mb=5"])
-        usleep(500_000)
-        XCTAssertTrue(vm.process.isRunning, vm.stderr)
-        vm.signal(SIGTERM)
-        XCTAssertEqual(vm.waitForExit(timeout: 10), 0)
+        try VMProcess.expectStartsAndStops(base + ["-device", "VGA,romfile=,vgamem_mb=5"])
     }
 
     /// The lab's hvm-vga payload on KVM: text through the VGA BIOS, then 1024×768×32 through
