@@ -43,7 +43,7 @@ let package = Package(
         .executableTarget(name: "swiftdm-img", dependencies: ["Backends", "Config"], swiftSettings: strict),
         .testTarget(name: "MonitorTests", dependencies: ["Monitor", "DMCore", "Config", "Backends", "CMonitor"],
                     swiftSettings: strict),
-        .testTarget(name: "BlockTests", dependencies: ["Backends", "DMCore"], swiftSettings: strict),
+        .testTarget(name: "BlockTests", dependencies: ["Backends", "DMCore", "TestTools"], swiftSettings: strict),
         .testTarget(name: "MachineTests", dependencies: ["Machine", "XenAccel", "Config", "DMCore", "Devices"], swiftSettings: strict),
     ]
 )

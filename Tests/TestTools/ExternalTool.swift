@@ -1,9 +1,9 @@
 import Foundation
 import XCTest
 
-/// Runs the external tools the tests check against (vncdotool, vncsnapshot, python), shared by
-/// the test targets that drive them.
-public enum Tool {
+/// Runs the external tools the tests check against (vncdotool, vncsnapshot, python, qemu-img),
+/// shared by the test targets that drive them.
+public enum ExternalTool {
     /// The Python virtualenv scripts/setup-debian.sh makes (vncdotool, PIL).
     public static let venv = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent().appendingPathComponent(".build-venv/bin")
@@ -29,12 +29,25 @@ public enum Tool {
         process.standardError = output
         process.standardInput = FileHandle.nullDevice
         try process.run()
+        // Drained while the tool runs, so a chatty one does not block on a full pipe.
+        let collected = Collected()
+        let reader = output.fileHandleForReading
+        let drained = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            collected.data = reader.readDataToEndOfFile()
+            drained.signal()
+        }
         let deadline = Date().addingTimeInterval(timeout)
         while process.isRunning && Date() < deadline { usleep(10_000) }
         if process.isRunning {
             process.terminate()
-            process.waitUntilExit()
         }
-        return (process.terminationStatus, String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+        process.waitUntilExit()
+        drained.wait()
+        return (process.terminationStatus, String(decoding: collected.data, as: UTF8.self))
+    }
+
+    private final class Collected: @unchecked Sendable {
+        var data = Data()
     }
 }
