@@ -35,13 +35,15 @@ let package = Package(
                     swiftSettings: strict),
         .testTarget(name: "BackendsTests", dependencies: ["Backends", "DMCore", "Config"], swiftSettings: strict),
         .testTarget(name: "XenAccelTests", dependencies: ["XenAccel", "DMCore"], swiftSettings: strict),
-        .testTarget(name: "DisplayTests", dependencies: ["Display", "DMCore", "Config"], swiftSettings: strict),
+        // Test support shared by more than one test target.
+        .target(name: "TestTools", path: "Tests/TestTools", swiftSettings: strict),
+        .testTarget(name: "DisplayTests", dependencies: ["Display", "DMCore", "Config", "TestTools"], swiftSettings: strict),
         .testTarget(name: "ConfigTests", dependencies: ["Config"], swiftSettings: strict),
-        .testTarget(name: "IntegrationTests", dependencies: ["swiftdm", "CMonitor"], swiftSettings: strict),
+        .testTarget(name: "IntegrationTests", dependencies: ["swiftdm", "CMonitor", "TestTools"], swiftSettings: strict),
         .executableTarget(name: "swiftdm-img", dependencies: ["Backends", "Config"], swiftSettings: strict),
         .testTarget(name: "MonitorTests", dependencies: ["Monitor", "DMCore", "Config", "Backends", "CMonitor"],
                     swiftSettings: strict),
-        .testTarget(name: "BlockTests", dependencies: ["Backends", "DMCore"], swiftSettings: strict),
+        .testTarget(name: "BlockTests", dependencies: ["Backends", "DMCore", "TestTools"], swiftSettings: strict),
         .testTarget(name: "MachineTests", dependencies: ["Machine", "XenAccel", "Config", "DMCore", "Devices"], swiftSettings: strict),
     ]
 )

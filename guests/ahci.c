@@ -11,7 +11,6 @@
 #include "rt.h"
 GUEST("ahci");
 
-#define VEC_BASE  0x20
 #define MSI_VEC   0x50
 #define ABAR      0xFEBF0000u
 #define LIST      0x300000u   /* port p: LIST + p * 0x400 */
@@ -113,10 +112,7 @@ static void start_port(int p)
 void guest_main(void)
 {
     cli();
-    lapic_virtual_wire();
-    pic_init(VEC_BASE, VEC_BASE + 8);
-    pic_set_mask(0xFFFF & ~((1 << 2) | (1 << 11)));
-    set_irq_handler(VEC_BASE + 11, on_irq11);
+    pic_route_one(11, on_irq11);
     set_irq_handler(MSI_VEC, on_msi);
     sti();
 

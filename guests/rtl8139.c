@@ -12,7 +12,6 @@
 #include "rt.h"
 GUEST("rtl8139");
 
-#define VEC_BASE 0x20
 #define IOBASE   0xC000
 #define RXRING   0x300000u          /* 8 KiB + 16 + 1536 (WRAP) */
 #define RXSIZE   8192u
@@ -148,10 +147,7 @@ static int offer(const u8 *f, u32 len)
 void guest_main(void)
 {
     cli();
-    lapic_virtual_wire();
-    pic_init(VEC_BASE, VEC_BASE + 8);
-    pic_set_mask(0xFFFF & ~((1 << 2) | (1 << 11)));
-    set_irq_handler(VEC_BASE + 11, on_irq11);
+    pic_route_one(11, on_irq11);
     sti();
 
     int bdf = pci_find(0x10EC, 0x8139);

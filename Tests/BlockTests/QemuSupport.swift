@@ -1,5 +1,6 @@
 import Backends
 import Foundation
+import TestTools
 import XCTest
 
 /// Helpers for tests that drive the real qemu-img / qemu-io on temporary files.
@@ -19,20 +20,11 @@ enum Qemu {
     @discardableResult
     static func run(_ tool: String, _ arguments: [String], expect: Set<Int32> = [0],
                     file: StaticString = #filePath, line: UInt = #line) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: tool)
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        let output = String(decoding: data, as: UTF8.self)
-        if !expect.contains(process.terminationStatus) {
-            XCTFail("\(tool) \(arguments.joined(separator: " ")) exited \(process.terminationStatus):\n\(output)", file: file, line: line)
+        let (status, output) = try ExternalTool.run(tool, arguments, timeout: 600)
+        if !expect.contains(status) {
+            XCTFail("\(tool) \(arguments.joined(separator: " ")) exited \(status):\n\(output)", file: file, line: line)
         }
-        return (process.terminationStatus, output)
+        return (status, output)
     }
 
     @discardableResult

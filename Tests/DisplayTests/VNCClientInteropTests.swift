@@ -1,6 +1,7 @@
 import Config
 import DMCore
 import Foundation
+import TestTools
 import XCTest
 @testable import Display
 
@@ -8,10 +9,6 @@ import XCTest
 /// (TightVNC-based C). Each test skips loudly when its client is not installed
 /// (scripts/setup-debian.sh installs both).
 final class VNCClientInteropTests: XCTestCase {
-    static let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .deletingLastPathComponent()
-    static let venv = repositoryRoot.appendingPathComponent(".build-venv/bin")
-
     private var harness: VNCHarness?
     private var directory: URL!
 
@@ -25,14 +22,6 @@ final class VNCClientInteropTests: XCTestCase {
         try? FileManager.default.removeItem(at: directory)
     }
 
-    static func require(_ path: String, _ what: String) throws {
-        guard FileManager.default.isExecutableFile(atPath: path) else {
-            let message = "SKIPPED: \(what) is not installed at \(path); run scripts/setup-debian.sh"
-            FileHandle.standardError.write(Data(("\n*** " + message + " ***\n").utf8))
-            throw XCTSkip(message)
-        }
-    }
-
     /// A TCP server on 127.0.0.1, somewhere in a range of displays this process picks.
     private func startServer(password: Bool = false, width: Int = 320, height: Int = 200) throws -> (VNCHarness, Int) {
         let first = 300 + Int(getpid() % 200) * 2
@@ -43,26 +32,6 @@ final class VNCClientInteropTests: XCTestCase {
         harness = h
         let port = Int(h.server.address.service) ?? 0
         return (h, port)
-    }
-
-    @discardableResult
-    static func run(_ executable: String, _ arguments: [String], timeout: TimeInterval = 30) throws -> (Int32, String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        let deadline = Date().addingTimeInterval(timeout)
-        while process.isRunning && Date() < deadline { usleep(10_000) }
-        if process.isRunning {
-            process.terminate()
-            process.waitUntilExit()
-        }
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        return (process.terminationStatus, text)
     }
 
     /// A binary PPM (P6, maxval 255) as 0x00RRGGBB pixels.
@@ -98,13 +67,13 @@ final class VNCClientInteropTests: XCTestCase {
     }
 
     func testVncdotoolCaptureMatchesTheFramebuffer() throws {
-        let vncdo = Self.venv.appendingPathComponent("vncdo").path
-        try Self.require(vncdo, "vncdotool")
+        let vncdo = ExternalTool.venv.appendingPathComponent("vncdo").path
+        try ExternalTool.require(vncdo, "vncdotool")
         let (h, port) = try startServer()
         h.draw(Self.pattern)
         // vncdotool saves through PIL, which writes no PPM; BMP is lossless too.
         let shot = directory.appendingPathComponent("shot.bmp")
-        let (status, output) = try Self.run(vncdo, ["-s", "127.0.0.1::\(port)", "capture", shot.path])
+        let (status, output) = try ExternalTool.run(vncdo, ["-s", "127.0.0.1::\(port)", "capture", shot.path])
         XCTAssertEqual(status, 0, output)
         let image = try readImage(shot)
         XCTAssertEqual(image.width, 320)
@@ -115,8 +84,8 @@ final class VNCClientInteropTests: XCTestCase {
     /// vncdotool's command line asks for Raw only; its library decodes ZRLE (with Python's
     /// zlib), so a short script asks for that.
     func testVncdotoolZRLECaptureMatchesTheFramebuffer() throws {
-        let python = Self.venv.appendingPathComponent("python3").path
-        try Self.require(Self.venv.appendingPathComponent("vncdo").path, "vncdotool")
+        let python = ExternalTool.venv.appendingPathComponent("python3").path
+        try ExternalTool.require(ExternalTool.venv.appendingPathComponent("vncdo").path, "vncdotool")
         let (h, port) = try startServer(width: 333, height: 211)
         h.draw { x, y in
             // Solid areas, few-colour areas, runs and noise: every ZRLE tile form.
@@ -135,7 +104,7 @@ final class VNCClientInteropTests: XCTestCase {
             c.disconnect()
             api.shutdown()
             """
-        let (status, output) = try Self.run(python, ["-c", script, "127.0.0.1::\(port)", shot.path])
+        let (status, output) = try ExternalTool.run(python, ["-c", script, "127.0.0.1::\(port)", shot.path])
         XCTAssertEqual(status, 0, output)
         let image = try readImage(shot)
         XCTAssertEqual(image.width, 333)
@@ -144,10 +113,10 @@ final class VNCClientInteropTests: XCTestCase {
     }
 
     func testVncdotoolKeysArriveAsScanCodes() throws {
-        let vncdo = Self.venv.appendingPathComponent("vncdo").path
-        try Self.require(vncdo, "vncdotool")
+        let vncdo = ExternalTool.venv.appendingPathComponent("vncdo").path
+        try ExternalTool.require(vncdo, "vncdotool")
         let (h, port) = try startServer()
-        let (status, output) = try Self.run(vncdo, ["-s", "127.0.0.1::\(port)", "key", "a", "key", "shift-b",
+        let (status, output) = try ExternalTool.run(vncdo, ["-s", "127.0.0.1::\(port)", "key", "a", "key", "shift-b",
                                                     "key", "enter", "key", "f1", "key", "up", "type", "1!"])
         XCTAssertEqual(status, 0, output)
         let expected: [UInt8] = [0x1C, 0xF0, 0x1C,
@@ -160,17 +129,17 @@ final class VNCClientInteropTests: XCTestCase {
     }
 
     func testVncdotoolPasswordAndPointer() throws {
-        let vncdo = Self.venv.appendingPathComponent("vncdo").path
-        try Self.require(vncdo, "vncdotool")
+        let vncdo = ExternalTool.venv.appendingPathComponent("vncdo").path
+        try ExternalTool.require(vncdo, "vncdotool")
         let (h, port) = try startServer(password: true)
         h.lock.withLock { h.server.setPassword("s3cret") }
-        let (status, output) = try Self.run(vncdo, ["-s", "127.0.0.1::\(port)", "-p", "s3cret",
+        let (status, output) = try ExternalTool.run(vncdo, ["-s", "127.0.0.1::\(port)", "-p", "s3cret",
                                                     "move", "10", "20", "move", "30", "25", "click", "1"])
         XCTAssertEqual(status, 0, output)
         XCTAssertTrue(h.waitUntil { h.pointer.events.contains { $0.dx == 20 && $0.dy == 5 } }, "\(h.pointer.events)")
         XCTAssertTrue(h.pointer.events.contains { $0.buttons == 1 }, "left click: \(h.pointer.events)")
         // The wrong password fails the login.
-        let (wrong, _) = try Self.run(vncdo, ["-s", "127.0.0.1::\(port)", "-p", "nope", "key", "a"], timeout: 15)
+        let (wrong, _) = try ExternalTool.run(vncdo, ["-s", "127.0.0.1::\(port)", "-p", "nope", "key", "a"], timeout: 15)
         XCTAssertNotEqual(wrong, 0)
         XCTAssertTrue(h.log.contains { $0.contains("wrong VNC password") }, "\(h.log)")
     }
@@ -179,7 +148,7 @@ final class VNCClientInteropTests: XCTestCase {
     /// with a tolerance for JPEG at the block centres.
     private func vncsnapshot(_ h: VNCHarness, port: Int, extra: [String]) throws -> (width: Int, height: Int, pixels: [UInt32]) {
         let jpeg = directory.appendingPathComponent("snap\(extra.count).jpg")
-        let (status, output) = try Self.run("/usr/bin/vncsnapshot", ["-quiet", "-allowblank"] + extra
+        let (status, output) = try ExternalTool.run("/usr/bin/vncsnapshot", ["-quiet", "-allowblank"] + extra
                                                 + ["127.0.0.1:\(port - 5900)", jpeg.path])
         XCTAssertEqual(status, 0, output)
         return try readImage(jpeg)
@@ -188,16 +157,16 @@ final class VNCClientInteropTests: XCTestCase {
     /// Any image PIL reads, as pixels (through a PPM that PIL writes under another name).
     private func readImage(_ url: URL) throws -> (width: Int, height: Int, pixels: [UInt32]) {
         let ppm = url.deletingPathExtension().appendingPathExtension("ppm")
-        let python = Self.venv.appendingPathComponent("python3").path
-        let (converted, text) = try Self.run(python, ["-c", "import sys; from PIL import Image; Image.open(sys.argv[1]).convert('RGB').save(sys.argv[2], 'PPM')",
+        let python = ExternalTool.venv.appendingPathComponent("python3").path
+        let (converted, text) = try ExternalTool.run(python, ["-c", "import sys; from PIL import Image; Image.open(sys.argv[1]).convert('RGB').save(sys.argv[2], 'PPM')",
                                                       url.path, ppm.path])
         XCTAssertEqual(converted, 0, text)
         return try Self.readPPM(ppm)
     }
 
     func testVncsnapshotRawAndHextile() throws {
-        try Self.require("/usr/bin/vncsnapshot", "vncsnapshot")
-        try Self.require(Self.venv.appendingPathComponent("python3").path, "the .build-venv Python (for PIL)")
+        try ExternalTool.require("/usr/bin/vncsnapshot", "vncsnapshot")
+        try ExternalTool.require(ExternalTool.venv.appendingPathComponent("python3").path, "the .build-venv Python (for PIL)")
         let (h, port) = try startServer()
         h.draw(Self.pattern)
         for extra in [[], ["-encodings", "hextile"]] {
@@ -218,8 +187,8 @@ final class VNCClientInteropTests: XCTestCase {
     }
 
     func testVncsnapshotWithAPasswordFile() throws {
-        try Self.require("/usr/bin/vncsnapshot", "vncsnapshot")
-        try Self.require(Self.venv.appendingPathComponent("python3").path, "the .build-venv Python (for PIL)")
+        try ExternalTool.require("/usr/bin/vncsnapshot", "vncsnapshot")
+        try ExternalTool.require(ExternalTool.venv.appendingPathComponent("python3").path, "the .build-venv Python (for PIL)")
         let (h, port) = try startServer(password: true)
         h.lock.withLock { h.server.setPassword("tiger") }
         h.draw(Self.pattern)

@@ -12,12 +12,6 @@ final class CirrusBootTests: XCTestCase {
 
     typealias Screen = VGABootTests.Picture
 
-    static func screendump(_ client: QMPTestClient, to path: String) throws -> Screen {
-        let reply = try client.execute("screendump", ["filename": path])
-        guard reply["return"] != nil else { throw QMPTestClient.Failure("screendump: \(reply)") }
-        return try Screen(ppm: Data(contentsOf: URL(fileURLWithPath: path)))
-    }
-
     /// The boot sector's picture: red rectangles at (100,100) and (300,250), 200×100 each, a
     /// green band over rows 400-415, black elsewhere.
     static func checkShapes(_ screen: Screen, _ who: String, file: StaticString = #filePath, line: UInt = #line) {
@@ -35,11 +29,7 @@ final class CirrusBootTests: XCTestCase {
 
     func testVBEModeAndBlitsMatchQEMU() throws {
         try VMProcess.requireKVM()
-        guard FileManager.default.isReadableFile(atPath: Self.vgaBIOS) else {
-            let message = "SKIPPED: \(Self.vgaBIOS) is missing (apt-get install seabios); the cirrus boot test cannot run"
-            FileHandle.standardError.write(Data(("\n*** " + message + " ***\n").utf8))
-            throw XCTSkip(message)
-        }
+        try DisplayComparison.requireVGABIOS(Self.vgaBIOS, for: "cirrus boot test")
         let build = try VMProcess.guestsBuilt.get()
         let work = FileManager.default.temporaryDirectory.appendingPathComponent("cirrus-boot-\(getpid())")
         try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
@@ -52,41 +42,32 @@ final class CirrusBootTests: XCTestCase {
         let vm = try QMPVM(Self.arguments + ["-drive", "file=\(work.path)/ours.raw,format=raw,if=ide",
                                              "-debugcon", "file:$DIR/debug.log"])
         let log = vm.directory.appendingPathComponent("debug.log").path
-        func logText() -> String { String(decoding: FileManager.default.contents(atPath: log) ?? Data(), as: UTF8.self) }
-        let deadline = Date().addingTimeInterval(90)
-        while Date() < deadline, !logText().contains("CIRRUS") { usleep(100_000) }
-        XCTAssertTrue(logText().contains("CIRRUS DONE"), "the boot sector did not finish:\n\(logText().suffix(2000))\n\(vm.stderr)")
+        _ = DisplayComparison.wait(for: "CIRRUS", in: log, timeout: 90)
+        let logText = DisplayComparison.text(of: log)
+        XCTAssertTrue(logText.contains("CIRRUS DONE"), "the boot sector did not finish:\n\(logText.suffix(2000))\n\(vm.stderr)")
         let client = try vm.client()
         try client.negotiate()
-        let ours = try Self.screendump(client, to: vm.directory.appendingPathComponent("ours.ppm").path)
+        let ours = try client.screendump(to: vm.directory.appendingPathComponent("ours.ppm").path)
         Self.checkShapes(ours, "SwiftDM")
         XCTAssertTrue(vm.process.isRunning, vm.stderr)
 
-        let qemu = "/usr/bin/qemu-system-x86_64"
-        guard FileManager.default.isExecutableFile(atPath: qemu) else {
-            FileHandle.standardError.write(Data("\n*** SKIPPED: qemu-system-x86_64 is not installed; no side-by-side picture ***\n".utf8))
+        guard DisplayComparison.qemuInstalled else {
+            _ = DisplayComparison.skip("qemu-system-x86_64 is not installed; no side-by-side picture")
             return
         }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: qemu)
-        let socket = work.appendingPathComponent("qemu.sock").path
-        process.arguments = ["-accel", "tcg"] + Self.arguments + ["-drive", "file=\(work.path)/qemu.raw,format=raw,if=ide",
-                                                                 "-qmp", "unix:\(socket),server=on,wait=off"]
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        defer { if process.isRunning { process.terminate(); process.waitUntilExit() } }
+        let qemu = try QEMUProcess(Self.arguments + ["-drive", "file=\(work.path)/qemu.raw,format=raw,if=ide"],
+                                   socket: work.appendingPathComponent("qemu.sock").path)
+        defer { qemu.stop() }
         usleep(500_000)
-        let qemuClient = try QMPTestClient(path: socket)
+        let qemuClient = try qemu.client()
         try qemuClient.negotiate()
         // QEMU's debug console stays silent here, so watch the screen for the last shape.
         let picture = work.appendingPathComponent("qemu.ppm").path
-        var theirs = try Self.screendump(qemuClient, to: picture)
+        var theirs = try qemuClient.screendump(to: picture)
         let qemuDeadline = Date().addingTimeInterval(120)
         while Date() < qemuDeadline, !(theirs.width == 640 && theirs[639, 415] == 0x00FF00) {
             sleep(1)
-            theirs = try Self.screendump(qemuClient, to: picture)
+            theirs = try qemuClient.screendump(to: picture)
         }
         Self.checkShapes(theirs, "QEMU")
         XCTAssertTrue(ours.rgb == theirs.rgb, "SwiftDM's picture differs from QEMU's")
@@ -97,45 +78,27 @@ final class CirrusBootTests: XCTestCase {
     /// screendumps must be identical.
     func testRandomBlitsMatchQEMU() throws {
         try VMProcess.requireKVM()
-        let qemu = "/usr/bin/qemu-system-x86_64"
-        guard FileManager.default.isExecutableFile(atPath: qemu) else {
-            let message = "SKIPPED: qemu-system-x86_64 is not installed; the random-blit comparison cannot run"
-            FileHandle.standardError.write(Data(("\n*** " + message + " ***\n").utf8))
-            throw XCTSkip(message)
+        guard DisplayComparison.qemuInstalled else {
+            throw DisplayComparison.skip("qemu-system-x86_64 is not installed; the random-blit comparison cannot run")
         }
         let bios = try VMProcess.guestsBuilt.get().appendingPathComponent("cirrus-rand.bin").path
-        let arguments = ["-M", "pc", "-m", "32", "-nodefaults", "-vga", "cirrus", "-display", "none", "-bios", bios]
-        func waitForDone(_ log: String) -> Bool {
-            let deadline = Date().addingTimeInterval(120)
-            while Date() < deadline {
-                if String(decoding: FileManager.default.contents(atPath: log) ?? Data(), as: UTF8.self)
-                    .contains("cirrus-rand: done") { return true }
-                usleep(200_000)
-            }
-            return false
-        }
+        let arguments = Self.arguments + ["-bios", bios]
+        func waitForDone(_ log: String) -> Bool { DisplayComparison.wait(for: "cirrus-rand: done", in: log, timeout: 120) }
         let vm = try QMPVM(arguments + ["-serial", "file:$DIR/com1.log"])
         XCTAssertTrue(waitForDone(vm.directory.appendingPathComponent("com1.log").path), vm.stderr)
         let client = try vm.client()
         try client.negotiate()
-        let ours = try Self.screendump(client, to: vm.directory.appendingPathComponent("ours.ppm").path)
+        let ours = try client.screendump(to: vm.directory.appendingPathComponent("ours.ppm").path)
         XCTAssertEqual([ours.width, ours.height], [320, 200])
 
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: qemu)
-        let socket = vm.directory.appendingPathComponent("qemu.sock").path
         let qemuLog = vm.directory.appendingPathComponent("qemu-com1.log").path
-        process.arguments = ["-accel", "tcg"] + arguments + ["-serial", "file:\(qemuLog)",
-                                                            "-qmp", "unix:\(socket),server=on,wait=off"]
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        defer { if process.isRunning { process.terminate(); process.waitUntilExit() } }
+        let qemu = try QEMUProcess(arguments + ["-serial", "file:\(qemuLog)"],
+                                   socket: vm.directory.appendingPathComponent("qemu.sock").path)
+        defer { qemu.stop() }
         XCTAssertTrue(waitForDone(qemuLog), "QEMU's guest did not finish")
-        let qemuClient = try QMPTestClient(path: socket)
+        let qemuClient = try qemu.client()
         try qemuClient.negotiate()
-        let theirs = try Self.screendump(qemuClient, to: vm.directory.appendingPathComponent("qemu.ppm").path)
+        let theirs = try qemuClient.screendump(to: vm.directory.appendingPathComponent("qemu.ppm").path)
         XCTAssertEqual([theirs.width, theirs.height], [ours.width, ours.height])
         let differing = zip(stride(from: 0, to: ours.rgb.count, by: 3), stride(from: 0, to: theirs.rgb.count, by: 3))
             .filter { ours.rgb[$0.0..<$0.0 + 3] != theirs.rgb[$0.1..<$0.1 + 3] }.count
@@ -154,24 +117,7 @@ final class CirrusBootTests: XCTestCase {
             (["-device", "cirrus-vga,vgamem_mb=64"], "parameter 'vgamem_mb' expects a number up to 16"),
             (["-device", "cirrus-vga,romfile=/nonexistent/cirrus.bin"], "romfile /nonexistent/cirrus.bin not found"),
         ]
-        for (arguments, expected) in cases {
-            let (status, _, err) = try VMProcess.run(base + arguments, timeout: 30)
-            XCTAssertEqual(status, 1, "\(arguments): \(err)")
-            XCTAssertTrue(err.contains(expected), "\(arguments): expected '\(expected)' in: \(err)")
-            XCTAssertEqual(err.split(separator: "\n").count, 1, "one line: \(err)")
-        }
-        let vm = try VMProcess(base + ["-device", "cirrus-vga,vgamem_mb=8,romfile="])
-        usleep(500_000)
-        XCTAssertTrue(vm.process.isRunning, vm.stderr)
-        vm.signal(SIGTERM)
-        XCTAssertEqual(vm.waitForExit(timeout: 10), 0)
-    }
-}
-
-extension VGABootTests.Picture {
-    /// The pixel at (x, y) as 0xRRGGBB.
-    subscript(x: Int, y: Int) -> UInt32 {
-        let at = (y * width + x) * 3
-        return UInt32(rgb[at]) << 16 | UInt32(rgb[at + 1]) << 8 | UInt32(rgb[at + 2])
+        for (arguments, expected) in cases { try VMProcess.expectOneLineError(base + arguments, expected) }
+        try VMProcess.expectStartsAndStops(base + ["-device", "cirrus-vga,vgamem_mb=8,romfile="])
     }
 }

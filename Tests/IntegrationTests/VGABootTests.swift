@@ -50,30 +50,19 @@ final class VGABootTests: XCTestCase {
     /// Waits for SeaBIOS's last word in its debug log, then takes a screendump over QMP.
     func bootAndScreendump(client connect: () throws -> QMPTestClient, log: String, picture: String,
                            timeout: TimeInterval = 90) throws -> Picture {
-        // The log is not all UTF-8 (SeaBIOS prints raw bytes now and then): decode leniently.
-        func logText() -> String {
-            String(decoding: FileManager.default.contents(atPath: log) ?? Data(), as: UTF8.self)
-        }
-        let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline, !logText().contains("No bootable device.") { usleep(100_000) }
-        let text = logText()
+        _ = DisplayComparison.wait(for: "No bootable device.", in: log, timeout: timeout)
+        let text = DisplayComparison.text(of: log)
         XCTAssertTrue(text.contains("No bootable device."), "SeaBIOS did not finish (\(log)):\n\(text.suffix(3000))")
         XCTAssertTrue(text.contains("Running option rom at c000:0003"), "SeaBIOS ran the VGA BIOS from the ROM BAR")
         usleep(300_000)  // the last characters reach the screen just after the log line
         let client = try connect()
         try client.negotiate()
-        let reply = try client.execute("screendump", ["filename": picture])
-        XCTAssertNotNil(reply["return"], "screendump: \(reply)")
-        return try Picture(ppm: Data(contentsOf: URL(fileURLWithPath: picture)))
+        return try client.screendump(to: picture)
     }
 
     func testSeaBIOSTextOnTheStandardVGAMatchesQEMU() throws {
         try VMProcess.requireKVM()
-        guard FileManager.default.isReadableFile(atPath: Self.vgaBIOS) else {
-            let message = "SKIPPED: \(Self.vgaBIOS) is missing (apt-get install seabios); the VGA boot test cannot run"
-            FileHandle.standardError.write(Data(("\n*** " + message + " ***\n").utf8))
-            throw XCTSkip(message)
-        }
+        try DisplayComparison.requireVGABIOS(Self.vgaBIOS, for: "VGA boot test")
         let vm = try QMPVM(Self.arguments + ["-debugcon", "file:$DIR/seabios.log"])
         let ours = try bootAndScreendump(client: { try vm.client() }, log: vm.directory.appendingPathComponent("seabios.log").path,
                                          picture: vm.directory.appendingPathComponent("swiftdm.ppm").path)
@@ -82,25 +71,17 @@ final class VGABootTests: XCTestCase {
         XCTAssertEqual(ours.lightPixels(rows: 300..<400), 0, "nothing below the messages")
         XCTAssertTrue(vm.process.isRunning, vm.stderr)
 
-        let qemu = "/usr/bin/qemu-system-x86_64"
-        guard FileManager.default.isExecutableFile(atPath: qemu) else {
-            FileHandle.standardError.write(Data("\n*** SKIPPED: qemu-system-x86_64 is not installed; no side-by-side picture ***\n".utf8))
+        guard DisplayComparison.qemuInstalled else {
+            _ = DisplayComparison.skip("qemu-system-x86_64 is not installed; no side-by-side picture")
             return
         }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: qemu)
-        let socket = vm.directory.appendingPathComponent("qemu.sock").path
         let qemuLog = vm.directory.appendingPathComponent("qemu-seabios.log").path
         // QEMU's -debugcon listens on 0xE9; Debian's SeaBIOS logs to 0x402.
-        process.arguments = ["-accel", "tcg"] + Self.arguments + [
-            "-chardev", "file,id=seabios,path=\(qemuLog)", "-device", "isa-debugcon,iobase=0x402,chardev=seabios",
-            "-qmp", "unix:\(socket),server=on,wait=off"]
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        defer { if process.isRunning { process.terminate(); process.waitUntilExit() } }
-        let theirs = try bootAndScreendump(client: { try QMPTestClient(path: socket) }, log: qemuLog,
+        let qemu = try QEMUProcess(Self.arguments + [
+            "-chardev", "file,id=seabios,path=\(qemuLog)", "-device", "isa-debugcon,iobase=0x402,chardev=seabios"],
+                                   socket: vm.directory.appendingPathComponent("qemu.sock").path)
+        defer { qemu.stop() }
+        let theirs = try bootAndScreendump(client: { try qemu.client() }, log: qemuLog,
                                            picture: vm.directory.appendingPathComponent("qemu.ppm").path)
         XCTAssertEqual([theirs.width, theirs.height], [ours.width, ours.height])
         guard theirs.width == ours.width, theirs.height == ours.height else { return }
@@ -132,18 +113,9 @@ final class VGABootTests: XCTestCase {
             (["-device", "VGA,romfile=/nonexistent/vga.bin"], "romfile /nonexistent/vga.bin not found"),
             (["-device", "VGA,colour=blue"], "colour"),
         ]
-        for (arguments, expected) in cases {
-            let (status, _, err) = try VMProcess.run(base + arguments, timeout: 30)
-            XCTAssertEqual(status, 1, "\(arguments): \(err)")
-            XCTAssertTrue(err.contains(expected), "\(arguments): expected '\(expected)' in: \(err)")
-            XCTAssertEqual(err.split(separator: "\n").count, 1, "one line: \(err)")
-        }
+        for (arguments, expected) in cases { try VMProcess.expectOneLineError(base + arguments, expected) }
         // romfile="" means no ROM BAR: the machine starts (and is stopped right away).
-        let vm = try VMProcess(base + ["-device", "VGA,romfile=,vgamem_mb=5"])
-        usleep(500_000)
-        XCTAssertTrue(vm.process.isRunning, vm.stderr)
-        vm.signal(SIGTERM)
-        XCTAssertEqual(vm.waitForExit(timeout: 10), 0)
+        try VMProcess.expectStartsAndStops(base + ["-device", "VGA,romfile=,vgamem_mb=5"])
     }
 
     /// The lab's hvm-vga payload on KVM: text through the VGA BIOS, then 1024×768×32 through
@@ -153,9 +125,7 @@ final class VGABootTests: XCTestCase {
         try VMProcess.requireKVM()
         guard FileManager.default.isReadableFile(atPath: Self.vgaBIOS),
               FileManager.default.isExecutableFile(atPath: "/usr/bin/as") else {
-            let message = "SKIPPED: \(Self.vgaBIOS) or binutils (as, ld) missing; the VBE test cannot run"
-            FileHandle.standardError.write(Data(("\n*** " + message + " ***\n").utf8))
-            throw XCTSkip(message)
+            throw DisplayComparison.skip("\(Self.vgaBIOS) or binutils (as, ld) missing; the VBE test cannot run")
         }
         let build = FileManager.default.temporaryDirectory.appendingPathComponent("swiftdm-vbe-\(getpid())")
         try FileManager.default.createDirectory(at: build, withIntermediateDirectories: true)
@@ -177,24 +147,8 @@ final class VGABootTests: XCTestCase {
         let directory = machine.directory.path
         let client = try machine.client()
         try client.negotiate()
-        func waitForSerial(_ marker: String, timeout: TimeInterval = 120) -> Bool {
-            let deadline = Date().addingTimeInterval(timeout)
-            while Date() < deadline {
-                let text = String(decoding: FileManager.default.contents(atPath: "\(directory)/serial.log") ?? Data(), as: UTF8.self)
-                if text.contains(marker) { return true }
-                usleep(100_000)
-            }
-            return false
-        }
-        func screendump(_ name: String) throws -> Picture {
-            let path = "\(directory)/\(name).ppm"
-            XCTAssertNotNil(try client.execute("screendump", ["filename": path])["return"])
-            return try Picture(ppm: Data(contentsOf: URL(fileURLWithPath: path)))
-        }
-        func pixel(_ picture: Picture, _ x: Int, _ y: Int) -> UInt32 {
-            let at = (y * picture.width + x) * 3
-            return UInt32(picture.rgb[at]) << 16 | UInt32(picture.rgb[at + 1]) << 8 | UInt32(picture.rgb[at + 2])
-        }
+        func waitForSerial(_ marker: String) -> Bool { DisplayComparison.wait(for: marker, in: "\(directory)/serial.log", timeout: 120) }
+        func screendump(_ name: String) throws -> Picture { try client.screendump(to: "\(directory)/\(name).ppm") }
 
         XCTAssertTrue(waitForSerial("LAB-VGA-TEXT"), machine.stderr)
         let text = try screendump("text")
@@ -206,13 +160,13 @@ final class VGABootTests: XCTestCase {
         XCTAssertEqual([bars.width, bars.height], [1024, 768])
         let colours: [UInt32] = [0xFF0000, 0x00FF00, 0x0000FF, 0xFFFF00, 0xFF00FF, 0x00FFFF, 0x808080, 0x404040]
         for (bar, colour) in colours.enumerated() {
-            for y in [0, 383, 767] { XCTAssertEqual(pixel(bars, bar * 128 + 64, y), colour, "bar \(bar) at line \(y)") }
+            for y in [0, 383, 767] { XCTAssertEqual(bars[bar * 128 + 64, y], colour, "bar \(bar) at line \(y)") }
         }
 
         XCTAssertTrue(waitForSerial("LAB-VGA-BOX"), machine.stderr)
         let box = try screendump("box")
-        XCTAssertEqual(pixel(box, 32, 32), 0xFFFFFF)
-        XCTAssertEqual(pixel(box, 95, 95), 0xFFFFFF)
-        XCTAssertEqual(pixel(box, 96, 96), 0xFF0000, "the bar again past the box")
+        XCTAssertEqual(box[32, 32], 0xFFFFFF)
+        XCTAssertEqual(box[95, 95], 0xFFFFFF)
+        XCTAssertEqual(box[96, 96], 0xFF0000, "the bar again past the box")
     }
 }

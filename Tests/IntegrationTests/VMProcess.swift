@@ -111,6 +111,26 @@ final class VMProcess: @unchecked Sendable {
 
     func signal(_ signal: Int32) { kill(process.processIdentifier, signal) }
 
+    /// Checks that `arguments` are refused with exit status 1 and one line on stderr containing
+    /// `expected`.
+    static func expectOneLineError(_ arguments: [String], _ expected: String,
+                                   file: StaticString = #filePath, line: UInt = #line) throws {
+        let (status, _, err) = try run(arguments, timeout: 30)
+        XCTAssertEqual(status, 1, "\(arguments): \(err)", file: file, line: line)
+        XCTAssertTrue(err.contains(expected), "\(arguments): expected '\(expected)' in: \(err)", file: file, line: line)
+        XCTAssertEqual(err.split(separator: "\n").count, 1, "one line: \(err)", file: file, line: line)
+    }
+
+    /// Checks that `arguments` start a machine that is still running half a second later and
+    /// stops cleanly on SIGTERM.
+    static func expectStartsAndStops(_ arguments: [String], file: StaticString = #filePath, line: UInt = #line) throws {
+        let vm = try VMProcess(arguments)
+        usleep(500_000)
+        XCTAssertTrue(vm.process.isRunning, vm.stderr, file: file, line: line)
+        vm.signal(SIGTERM)
+        XCTAssertEqual(vm.waitForExit(timeout: 10), 0, file: file, line: line)
+    }
+
     /// Runs to completion: (status, stdout, stderr).
     static func run(_ arguments: [String], timeout: TimeInterval = 30) throws -> (Int32?, String, String) {
         let vm = try VMProcess(arguments)

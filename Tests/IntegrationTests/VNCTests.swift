@@ -1,37 +1,10 @@
 import Foundation
+import TestTools
 import XCTest
 
 /// `-vnc` on the real binary, as libxl starts it: real clients (vncdotool, vncsnapshot)
 /// connect, QMP reports and controls the server.
 final class VNCTests: XCTestCase {
-    static let venv = VMProcess.repositoryRoot.appendingPathComponent(".build-venv/bin")
-
-    static func require(_ path: String, _ what: String) throws {
-        guard FileManager.default.isExecutableFile(atPath: path) else {
-            let message = "SKIPPED: \(what) is not installed at \(path); run scripts/setup-debian.sh"
-            FileHandle.standardError.write(Data(("\n*** " + message + " ***\n").utf8))
-            throw XCTSkip(message)
-        }
-    }
-
-    static func run(_ executable: String, _ arguments: [String], timeout: TimeInterval = 30) throws -> (Int32, String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        let deadline = Date().addingTimeInterval(timeout)
-        while process.isRunning && Date() < deadline { usleep(10_000) }
-        if process.isRunning {
-            process.terminate()
-            process.waitUntilExit()
-        }
-        return (process.terminationStatus, String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
-    }
-
     /// A display range of our own, so parallel runs do not collide.
     static var firstDisplay: Int { 500 + Int(getpid() % 200) * 2 }
 
@@ -74,9 +47,9 @@ final class VNCTests: XCTestCase {
 
     func testBlankDisplayServedToRealClientsAndReportedByQMP() throws {
         try VMProcess.requireKVM()
-        let vncdo = Self.venv.appendingPathComponent("vncdo").path
-        try Self.require(vncdo, "vncdotool")
-        try Self.require("/usr/bin/vncsnapshot", "vncsnapshot")
+        let vncdo = ExternalTool.venv.appendingPathComponent("vncdo").path
+        try ExternalTool.require(vncdo, "vncdotool")
+        try ExternalTool.require("/usr/bin/vncsnapshot", "vncsnapshot")
         let first = Self.firstDisplay
         let vm = try QMPVM(["-M", "pc", "-m", "64", "-nodefaults", "-display", "none", "-S",
                             "-vnc", "127.0.0.1:\(first),to=\(first + 100)"])
@@ -105,16 +78,16 @@ final class VNCTests: XCTestCase {
 
         // vncdotool: a 640x480 black picture (no display device: a blank framebuffer).
         let shot = vm.directory.appendingPathComponent("shot.bmp")
-        let (status, output) = try Self.run(vncdo, ["-s", "127.0.0.1::\(port)", "capture", shot.path])
+        let (status, output) = try ExternalTool.run(vncdo, ["-s", "127.0.0.1::\(port)", "capture", shot.path])
         XCTAssertEqual(status, 0, output)
-        let python = Self.venv.appendingPathComponent("python3").path
-        let (checked, summary) = try Self.run(python, ["-c", "import sys; from PIL import Image; i = Image.open(sys.argv[1]).convert('RGB'); print(i.size, i.getextrema())", shot.path])
+        let python = ExternalTool.venv.appendingPathComponent("python3").path
+        let (checked, summary) = try ExternalTool.run(python, ["-c", "import sys; from PIL import Image; i = Image.open(sys.argv[1]).convert('RGB'); print(i.size, i.getextrema())", shot.path])
         XCTAssertEqual(checked, 0, summary)
         XCTAssertEqual(summary.trimmingCharacters(in: .whitespacesAndNewlines), "(640, 480) ((0, 0), (0, 0), (0, 0))")
 
         // vncsnapshot, a second client while the first is still connected (shared).
         let jpeg = vm.directory.appendingPathComponent("snap.jpg")
-        let (snapped, snapOutput) = try Self.run("/usr/bin/vncsnapshot", ["-quiet", "-allowblank", "127.0.0.1:\(port - 5900)", jpeg.path])
+        let (snapped, snapOutput) = try ExternalTool.run("/usr/bin/vncsnapshot", ["-quiet", "-allowblank", "127.0.0.1:\(port - 5900)", jpeg.path])
         XCTAssertEqual(snapped, 0, snapOutput)
         XCTAssertTrue(FileManager.default.fileExists(atPath: jpeg.path))
         XCTAssertFalse(vm.stderr.contains("vnc"), "nothing alarming logged: \(vm.stderr)")
@@ -126,8 +99,8 @@ final class VNCTests: XCTestCase {
 
     func testPasswordSetThroughQMP() throws {
         try VMProcess.requireKVM()
-        let vncdo = Self.venv.appendingPathComponent("vncdo").path
-        try Self.require(vncdo, "vncdotool")
+        let vncdo = ExternalTool.venv.appendingPathComponent("vncdo").path
+        try ExternalTool.require(vncdo, "vncdotool")
         let first = Self.firstDisplay + 120
         let vm = try QMPVM(["-M", "pc", "-m", "64", "-nodefaults", "-display", "none", "-S",
                             "-vnc", "127.0.0.1:\(first),to=\(first + 60),password=on"])
@@ -138,15 +111,15 @@ final class VNCTests: XCTestCase {
         let port = try XCTUnwrap(Int(info["service"] as? String ?? ""))
         let shot = vm.directory.appendingPathComponent("shot.bmp")
         // No password yet: every login is refused, as QEMU does.
-        let (refused, _) = try Self.run(vncdo, ["-s", "127.0.0.1::\(port)", "-p", "", "capture", shot.path], timeout: 15)
+        let (refused, _) = try ExternalTool.run(vncdo, ["-s", "127.0.0.1::\(port)", "-p", "", "capture", shot.path], timeout: 15)
         XCTAssertNotEqual(refused, 0)
         XCTAssertNotNil(try qmp.execute("change-vnc-password", ["password": "libxl-pw"])["return"])
-        let (ok, output) = try Self.run(vncdo, ["-s", "127.0.0.1::\(port)", "-p", "libxl-pw", "capture", shot.path])
+        let (ok, output) = try ExternalTool.run(vncdo, ["-s", "127.0.0.1::\(port)", "-p", "libxl-pw", "capture", shot.path])
         XCTAssertEqual(ok, 0, output)
         XCTAssertNotNil(try qmp.execute("set_password", ["protocol": "vnc", "password": "second"])["return"])
-        let (old, _) = try Self.run(vncdo, ["-s", "127.0.0.1::\(port)", "-p", "libxl-pw", "capture", shot.path], timeout: 15)
+        let (old, _) = try ExternalTool.run(vncdo, ["-s", "127.0.0.1::\(port)", "-p", "libxl-pw", "capture", shot.path], timeout: 15)
         XCTAssertNotEqual(old, 0)
-        let (new, newOutput) = try Self.run(vncdo, ["-s", "127.0.0.1::\(port)", "-p", "second", "capture", shot.path])
+        let (new, newOutput) = try ExternalTool.run(vncdo, ["-s", "127.0.0.1::\(port)", "-p", "second", "capture", shot.path])
         XCTAssertEqual(new, 0, newOutput)
         XCTAssertEqual(QMPTestClient.errorDesc(try qmp.execute("set_password", ["protocol": "spice", "password": "x"])),
                        "SPICE is not available")
@@ -167,9 +140,9 @@ final class VNCTests: XCTestCase {
 final class VNCWithVGATests: XCTestCase {
     func testVncdotoolAndVncsnapshotSeeTheSeaBIOSTextScreen() throws {
         try VMProcess.requireKVM()
-        let vncdo = VNCTests.venv.appendingPathComponent("vncdo").path
-        try VNCTests.require(vncdo, "vncdotool")
-        try VNCTests.require("/usr/bin/vncsnapshot", "vncsnapshot")
+        let vncdo = ExternalTool.venv.appendingPathComponent("vncdo").path
+        try ExternalTool.require(vncdo, "vncdotool")
+        try ExternalTool.require("/usr/bin/vncsnapshot", "vncsnapshot")
         guard FileManager.default.isReadableFile(atPath: VGABootTests.vgaBIOS) else {
             let message = "SKIPPED: \(VGABootTests.vgaBIOS) is missing (apt-get install seabios)"
             FileHandle.standardError.write(Data(("\n*** " + message + " ***\n").utf8))
@@ -195,12 +168,12 @@ final class VNCWithVGATests: XCTestCase {
 
         // vncdotool: pixel for pixel what screendump shows, but for the blinking cursor's cell.
         let shot = vm.directory.appendingPathComponent("vnc.bmp")
-        let (status, output) = try VNCTests.run(vncdo, ["-s", "127.0.0.1::\(port)", "capture", shot.path])
+        let (status, output) = try ExternalTool.run(vncdo, ["-s", "127.0.0.1::\(port)", "capture", shot.path])
         XCTAssertEqual(status, 0, output)
         let ppm = vm.directory.appendingPathComponent("vnc.ppm")
-        let python = VNCTests.venv.appendingPathComponent("python3").path
+        let python = ExternalTool.venv.appendingPathComponent("python3").path
         let convert = "import sys; from PIL import Image; Image.open(sys.argv[1]).convert('RGB').save(sys.argv[2], 'PPM')"
-        let (converted, text) = try VNCTests.run(python, ["-c", convert, shot.path, ppm.path])
+        let (converted, text) = try ExternalTool.run(python, ["-c", convert, shot.path, ppm.path])
         XCTAssertEqual(converted, 0, text)
         let viewed = try VGABootTests.Picture(ppm: Data(contentsOf: ppm))
         XCTAssertEqual([viewed.width, viewed.height], [720, 400])
@@ -212,11 +185,11 @@ final class VNCWithVGATests: XCTestCase {
 
         // vncsnapshot (JPEG): the same amount of text, give or take compression.
         let jpeg = vm.directory.appendingPathComponent("snap.jpg")
-        let (snapped, snapOutput) = try VNCTests.run("/usr/bin/vncsnapshot", ["-quiet", "-quality", "100",
+        let (snapped, snapOutput) = try ExternalTool.run("/usr/bin/vncsnapshot", ["-quiet", "-quality", "100",
                                                                                "127.0.0.1:\(port - 5900)", jpeg.path])
         XCTAssertEqual(snapped, 0, snapOutput)
         let snapPPM = vm.directory.appendingPathComponent("snap.ppm")
-        let (snapConverted, snapText) = try VNCTests.run(python, ["-c", convert, jpeg.path, snapPPM.path])
+        let (snapConverted, snapText) = try ExternalTool.run(python, ["-c", convert, jpeg.path, snapPPM.path])
         XCTAssertEqual(snapConverted, 0, snapText)
         let snap = try VGABootTests.Picture(ppm: Data(contentsOf: snapPPM))
         XCTAssertEqual([snap.width, snap.height], [720, 400])

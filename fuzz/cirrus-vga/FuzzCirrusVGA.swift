@@ -57,12 +57,3 @@ final class Harness: @unchecked Sendable {
         vga.refresh(framebuffer)
     }
 }
-
-nonisolated(unsafe) let harness = Harness()
-
-@_cdecl("LLVMFuzzerTestOneInput")
-public func fuzzTestOneInput(_ data: UnsafePointer<UInt8>?, _ count: Int) -> CInt {
-    guard let data else { return 0 }
-    harness.run(UnsafeRawBufferPointer(start: data, count: count))
-    return 0
-}

@@ -4,6 +4,6 @@
 # Usage: fuzz/cirrus-vga/run.sh [seconds] [libFuzzer args...]
 FUZZ=cirrus-vga; DEFAULT_SECONDS=120; . "$(dirname "$0")/../dmcore.sh"
 $SWIFTC $FLAGS $INC -module-name CirrusVGAFuzz "$ROOT"/Sources/Devices/PCI/*.swift "$ROOT"/Sources/Devices/Display/*.swift \
-    "$ROOT/fuzz/cirrus-vga/FuzzCirrusVGA.swift" "$OUT/DMCore.o" "$OUT/clinux.o" -o "$OUT/cirrus-vga-fuzz"
+    "$ROOT/fuzz/cirrus-vga/FuzzCirrusVGA.swift" "$ROOT/fuzz/LibFuzzerEntry.swift" "$OUT/DMCore.o" "$OUT/clinux.o" -o "$OUT/cirrus-vga-fuzz"
 cd "$OUT/artifacts"
 exec "$OUT/cirrus-vga-fuzz" -max_total_time="$SECS" -max_len=2048 -print_final_stats=1 "$@" "$OUT/corpus"

@@ -4,18 +4,7 @@
  * (written directly, so it works whether or not the BIOS console is redirected), with the BIOS
  * drive number it was booted from, and leaves through isa-debug-exit with 0x31 (status 99).
  */
-    .code16
-    .section .text
-    .globl _start
-_start:
-    cli
-    xor %ax, %ax
-    mov %ax, %ds
-    mov %ax, %es
-    mov %ax, %ss
-    mov $0x7C00, %sp
-    ljmp $0, $start2
-start2:
+#include "../lib/bootsector.inc"
     mov %dl, boot_drive
     mov $message, %si
     call puts

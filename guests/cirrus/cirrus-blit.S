@@ -5,18 +5,7 @@
  * (300,250), and a green band at (0,400) from a transparent, inverted 8x8 pattern expansion. It reports "CIRRUS DONE" or
  * "CIRRUS VBE FAIL" on the debug console (port 0x402) and halts.
  */
-    .code16
-    .section .text
-    .globl _start
-_start:
-    cli
-    xor %ax, %ax
-    mov %ax, %ds
-    mov %ax, %es
-    mov %ax, %ss
-    mov $0x7C00, %sp
-    ljmp $0, $start2
-start2:
+#include "../lib/bootsector.inc"
     sti
     mov $0x4F02, %ax
     mov $0x0111, %bx

@@ -72,6 +72,14 @@ void pic_disable(void)
 }
 
 /* ---------------------------------------------------------------- 8254 */
+void pic_route_one(u8 irq, irq_handler_t h)
+{
+    lapic_virtual_wire();
+    pic_init(PIC_VECTOR_BASE, PIC_VECTOR_BASE + 8);
+    pic_set_mask(0xFFFF & ~((1 << 2) | (1 << irq)));
+    set_irq_handler(PIC_VECTOR_BASE + irq, h);
+}
+
 void pit_periodic(u32 hz)
 {
     u32 div = PIT_HZ / hz;

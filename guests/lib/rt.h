@@ -146,6 +146,10 @@ void pic_init(u8 base_master, u8 base_slave);
 void pic_set_mask(u16 mask);   /* bit n masks IRQ n */
 void pic_eoi(u8 irq);
 void pic_disable(void);        /* remap to 0xF0/0xF8 and mask everything */
+/* legacy PIC mode for one device: LAPIC virtual wire, PIC vectors from 0x20, only the cascade
+   and ISA line `irq` unmasked, `h` on its vector. Call with interrupts off. */
+#define PIC_VECTOR_BASE 0x20
+void pic_route_one(u8 irq, irq_handler_t h);
 
 /* 8254 PIT channel 0, mode 2 (rate generator) */
 #define PIT_HZ 1193182
