@@ -72,7 +72,7 @@ public final class VNCServer {
             do throws(SystemError) {
                 try loop.addReader(fd) { [weak self] in self?.accept(from: fd) }
             } catch {
-                for fd in listeners { Glibc.close(fd) }
+                close()  // and not again from deinit: the listeners are forgotten
                 throw VNCError(message: "vnc: \(error)")
             }
         }

@@ -193,7 +193,7 @@ final class VNCProtocolTests: XCTestCase {
         let vanishing = try harness.connect()
         _ = try vanishing.handshake()
         try vanishing.send([2, 0, 0, 200, 0, 0])
-        close(vanishing.fd)
+        vanishing.disconnect()
         XCTAssertTrue(harness.log.contains { $0.contains("unknown message type 77") }, "\(harness.log)")
         XCTAssertTrue(harness.log.contains { $0.contains("exceeds the 1048576-byte limit") }, "\(harness.log)")
         try bystander.send([4, 1, 0, 0, 0, 0, 0, 0x61])

@@ -101,7 +101,16 @@ final class RFBTestClient {
         var tv = timeval(tv_sec: 5, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     }
-    deinit { close(fd) }
+    deinit { if !disconnected { close(fd) } }
+
+    private var disconnected = false
+    /// Drops the connection now (a client that vanishes); the descriptor is closed once only, as a
+    /// second close could hit a descriptor number another part of the test process reused.
+    func disconnect() {
+        guard !disconnected else { return }
+        disconnected = true
+        close(fd)
+    }
 
     func send(_ bytes: [UInt8]) throws {
         let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
