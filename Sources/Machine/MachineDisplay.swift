@@ -6,7 +6,9 @@ import Monitor
 /// QEMU's display refresh); nobody pays for drawing while nobody looks.
 final class MachineDisplay {
     static let refreshInterval: UInt64 = 30_000_000
-    let framebuffer = Framebuffer()
+    /// Made when someone first looks (a VNC server, `screendump`): a guest nobody watches, as
+    /// libxl's `vnc=0`, does not pay 1.2 MiB of resident memory for a picture never drawn.
+    private(set) lazy var framebuffer = Framebuffer()
     let source: any DisplaySource
     private let clock: VirtualClock
     private var timer: (any DeviceTimer)?
