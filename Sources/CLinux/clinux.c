@@ -60,6 +60,14 @@ int sdm_kvm_set_gsi_routing(int vm_fd, const struct kvm_irq_routing_entry *entri
     return ret;
 }
 
+int sdm_kvm_get_dirty_log(int vm_fd, uint32_t slot, uint64_t *bitmap) {
+    struct kvm_dirty_log log;
+    memset(&log, 0, sizeof(log));
+    log.slot = slot;
+    log.dirty_bitmap = bitmap;
+    return ioctl(vm_fd, KVM_GET_DIRTY_LOG, &log);
+}
+
 void sdm_run_io(struct kvm_run *run, struct sdm_io_exit *out) {
     out->direction = run->io.direction; out->size = run->io.size; out->port = run->io.port;
     out->count = run->io.count; out->data_offset = run->io.data_offset;

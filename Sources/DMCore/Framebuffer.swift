@@ -150,6 +150,9 @@ public final class HostDeviceRAM: DeviceRAM, @unchecked Sendable {
     private var dirty: [UInt64]
     /// Told when the guest mapping moves (the KVM machine adds or drops a memory slot).
     public var onMap: ((UInt64?) -> Void)?
+    /// While the guest maps the RAM: ORs the pages the guest wrote since the last call into the
+    /// bitmap (KVM's write log of the slot), or returns false when that is unknown.
+    public var collectGuestWrites: ((inout [UInt64]) -> Bool)?
 
     public init(size: Int) throws(HostMemoryError) {
         memory = try HostMemory(size: size)
@@ -169,14 +172,15 @@ public final class HostDeviceRAM: DeviceRAM, @unchecked Sendable {
     }
 
     /// Without a guest mapping only the device writes, and those are all recorded; once the
-    /// guest maps the RAM its writes are invisible here, so the answer is "unknown".
+    /// guest maps the RAM its writes are known only through `collectGuestWrites`.
     public func collectDirtyPages(into bitmap: inout [UInt64]) -> Bool {
         if bitmap.count < dirty.count { bitmap += [UInt64](repeating: 0, count: dirty.count - bitmap.count) }
         for i in dirty.indices {
             bitmap[i] |= dirty[i]
             dirty[i] = 0
         }
-        return mappedAddress == nil
+        guard mappedAddress != nil else { return true }
+        return collectGuestWrites?(&bitmap) ?? false
     }
 
     public func deviceWrote(offset: Int, length: Int) {

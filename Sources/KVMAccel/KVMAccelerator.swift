@@ -31,6 +31,7 @@ public final class KVMAccelerator: Accelerator, InterruptSink, @unchecked Sendab
         var size: UInt64
         var host: UInt64
         var readOnly: Bool
+        var logsWrites: Bool
     }
 
     public init(cpuCount: Int, dispatcher: IODispatcher, events: any AcceleratorEvents) throws(KVMError) {
@@ -135,15 +136,19 @@ public final class KVMAccelerator: Accelerator, InterruptSink, @unchecked Sendab
 
     /// Makes KVM's memory slots match `regions`: unchanged regions keep their slots, changed
     /// ones are deleted and re-created. Read-only regions (ROM, PAM read-only) exit on writes.
-    public func setMemoryRegions(_ regions: [PhysicalMemory.Region]) throws(KVMError) {
+    /// KVM logs the guest's writes to the regions `logsWrites` picks (video RAM), for
+    /// `collectWrites`.
+    public func setMemoryRegions(_ regions: [PhysicalMemory.Region],
+                                 logsWrites: (PhysicalMemory.Region) -> Bool = { _ in false }) throws(KVMError) {
         let wanted = regions.map { r in
             SlotEntry(slot: 0, guestAddress: r.guestAddress, size: r.size,
                       host: UInt64(UInt(bitPattern: r.backing.baseAddress)) + UInt64(r.backingOffset),
-                      readOnly: !r.writable)
+                      readOnly: !r.writable, logsWrites: logsWrites(r))
         }
         let failure: KVMError? = slots.withLock { current in
             func same(_ a: SlotEntry, _ b: SlotEntry) -> Bool {
                 a.guestAddress == b.guestAddress && a.size == b.size && a.host == b.host && a.readOnly == b.readOnly
+                    && a.logsWrites == b.logsWrites
             }
             for old in current where !wanted.contains(where: { same($0, old) }) {
                 var region = kvm_userspace_memory_region(slot: old.slot, flags: 0, guest_phys_addr: old.guestAddress,
@@ -156,7 +161,8 @@ public final class KVMAccelerator: Accelerator, InterruptSink, @unchecked Sendab
             for var new in wanted where !current.contains(where: { same($0, new) }) {
                 let used = Set(current.map(\.slot))
                 new.slot = (0...UInt32.max).first { !used.contains($0) }!
-                var region = kvm_userspace_memory_region(slot: new.slot, flags: new.readOnly ? UInt32(KVM_MEM_READONLY) : 0,
+                let flags = (new.readOnly ? UInt32(KVM_MEM_READONLY) : 0) | (new.logsWrites ? UInt32(KVM_MEM_LOG_DIRTY_PAGES) : 0)
+                var region = kvm_userspace_memory_region(slot: new.slot, flags: flags,
                                                          guest_phys_addr: new.guestAddress, memory_size: new.size,
                                                          userspace_addr: new.host)
                 guard kvmIoctl(vmFD, sdm_KVM_SET_USER_MEMORY_REGION(), &region) == 0 else {
@@ -167,6 +173,21 @@ public final class KVMAccelerator: Accelerator, InterruptSink, @unchecked Sendab
             return nil
         }
         if let failure { throw failure }
+    }
+
+    /// Takes KVM's log of the pages the guest wrote in the write-logged slot at `guestAddress`
+    /// since the last call (one bit per 4 KiB page, 64 per word; KVM clears its log) into
+    /// `bitmap`, which must hold a bit for every page of the slot. False when there is no such
+    /// slot or KVM refused: the caller must then treat every page as written.
+    public func collectWrites(guestAddress: UInt64, into bitmap: inout [UInt64]) -> Bool {
+        slots.withLock { current in
+            guard let entry = current.first(where: { $0.guestAddress == guestAddress && $0.logsWrites }),
+                  UInt64(bitmap.count) * 64 >= (entry.size + 4095) / 4096 else { return false }
+            return bitmap.withUnsafeMutableBufferPointer { words in
+                guard let base = words.baseAddress else { return false }
+                return sdm_kvm_get_dirty_log(vmFD, entry.slot, base) == 0
+            }
+        }
     }
 
     // MARK: interrupts

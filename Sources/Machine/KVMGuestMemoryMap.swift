@@ -32,8 +32,22 @@ final class KVMGuestMemoryMap: DeviceRAMProvider {
         let deviceRAM = try HostDeviceRAM(size: size)
         let key = ObjectIdentifier(deviceRAM)
         let backing = deviceRAM.memory
+        // KVM's write log of the slot lands here, then is ORed into the caller's bitmap: no
+        // allocation per display refresh. A new slot starts with an empty log although the
+        // guest may have written the RAM elsewhere meanwhile, so its first answer is "unknown".
+        var log = [UInt64](repeating: 0, count: (size / 4096 + 63) / 64)
+        var slotIsNew = true
+        deviceRAM.collectGuestWrites = { [weak self, weak deviceRAM] bitmap in
+            guard let self, let address = deviceRAM?.mappedAddress else { return false }
+            let known = accelerator.collectWrites(guestAddress: address, into: &log) && !slotIsNew
+            slotIsNew = false
+            guard known else { return false }
+            for i in 0..<min(log.count, bitmap.count) { bitmap[i] |= log[i] }
+            return true
+        }
         deviceRAM.onMap = { [weak self] address in
             guard let self else { return }
+            slotIsNew = true
             if let address {
                 deviceRegions[key] = PhysicalMemory.Region(guestAddress: address, size: UInt64(size), backing: backing,
                                                            backingOffset: 0, writable: true)
@@ -59,7 +73,10 @@ final class KVMGuestMemoryMap: DeviceRAMProvider {
             regions.append(region)
         }
         memory.setRegions(regions)
-        do { try accelerator.setMemoryRegions(memory.currentRegions) } catch {
+        let logged = deviceRegions.values.map { ObjectIdentifier($0.backing) }
+        do {
+            try accelerator.setMemoryRegions(memory.currentRegions) { logged.contains(ObjectIdentifier($0.backing)) }
+        } catch {
             GuestErrorLog.shared.report("memory", "memory map not applied: \(error)")
         }
     }

@@ -55,6 +55,9 @@ int sdm_kvm_set_msrs(int vcpu_fd, const uint32_t *indices, const uint64_t *value
 // KVM_SET_GSI_ROUTING: struct kvm_irq_routing ends in a flexible array of these entries.
 int sdm_kvm_set_gsi_routing(int vm_fd, const struct kvm_irq_routing_entry *entries, int count);
 
+// KVM_GET_DIRTY_LOG: struct kvm_dirty_log keeps its bitmap pointer in an anonymous union.
+int sdm_kvm_get_dirty_log(int vm_fd, uint32_t slot, uint64_t *bitmap);
+
 // struct kvm_run's exit payloads live in an anonymous union.
 struct sdm_io_exit { uint8_t direction; uint8_t size; uint16_t port; uint32_t count; uint64_t data_offset; };
 struct sdm_mmio_exit { uint64_t phys_addr; uint8_t *data; uint32_t len; uint8_t is_write; };
