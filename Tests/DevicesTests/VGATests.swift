@@ -373,7 +373,7 @@ final class VGATests: XCTestCase {
         rig.dispi(4, 0xC1)
         XCTAssertEqual(rig.vram.withBytes { $0[1] }, 0xF8, "NOCLEARMEM keeps VRAM")
         rig.vga.refresh(framebuffer)
-        XCTAssertEqual(framebuffer.pixels[0], 0xF80000)
+        XCTAssertEqual(framebuffer.pixels[0], 0xFF0000, "r5g6b5 red 0x1F widens to 0xFF, as QEMU shows it")
 
         // 8 bpp through the DAC, 8-bit DAC entries when asked.
         rig.dispi(4, 0)

@@ -556,15 +556,8 @@ public final class CirrusVGA: PCIDevice, DisplaySource, Snapshottable, Resettabl
         case 8:
             for x in 0..<columns { row[x] = palette[Int(bytes[(base + x) & m])] }
         case 15, 16:
-            // Components widen by repeating their top bits (0x1F becomes 0xFF), as QEMU's
-            // pixman conversion does, so screendumps match QEMU's.
-            @inline(__always) func five(_ c: UInt32) -> UInt32 { c << 3 | c >> 2 }
-            let sixGreen = bitsPerPixel == 16
             for x in 0..<columns {
-                let v = byte(base + 2 * x) | byte(base + 2 * x + 1) << 8
-                let red = sixGreen ? (v >> 11) & 0x1F : (v >> 10) & 0x1F
-                let green = sixGreen ? (v >> 5) & 0x3F : (v >> 5) & 0x1F
-                row[x] = five(red) << 16 | (sixGreen ? green << 2 | green >> 4 : five(green)) << 8 | five(v & 0x1F)
+                row[x] = VGACore.rgb(highColor: byte(base + 2 * x) | byte(base + 2 * x + 1) << 8, bitsPerPixel: bitsPerPixel)
             }
         case 24:
             for x in 0..<columns {

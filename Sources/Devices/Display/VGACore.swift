@@ -309,6 +309,18 @@ public final class VGACore: @unchecked Sendable {
 
     // MARK: the memory window 0xA0000-0xBFFFF
 
+    /// A 15-bit (x1r5g5b5) or 16-bit (r5g6b5) pixel as 0x00RRGGBB. Components widen by repeating
+    /// their top bits (0x1F becomes 0xFF), as QEMU's pixman conversion does, so screendumps match.
+    @inline(__always)
+    static func rgb(highColor v: UInt32, bitsPerPixel: Int) -> UInt32 {
+        @inline(__always) func five(_ c: UInt32) -> UInt32 { c << 3 | c >> 2 }
+        if bitsPerPixel == 16 {
+            let green = (v >> 5) & 0x3F
+            return five((v >> 11) & 0x1F) << 16 | (green << 2 | green >> 4) << 8 | five(v & 0x1F)
+        }
+        return five((v >> 10) & 0x1F) << 16 | five((v >> 5) & 0x1F) << 8 | five(v & 0x1F)
+    }
+
     /// Expands a 4-bit plane mask to one byte per plane.
     @inline(__always)
     static func expand(_ planes: UInt8) -> UInt32 {
@@ -577,8 +589,7 @@ public final class VGACore: @unchecked Sendable {
                 case 15, 16:
                     for x in 0..<width {
                         let v = UInt32(bytes.loadUnaligned(fromByteOffset: base + 2 * x, as: UInt16.self))
-                        row[x] = bpp == 15 ? ((v >> 7) & 0xF8) << 16 | ((v >> 2) & 0xF8) << 8 | (v << 3) & 0xF8
-                                           : ((v >> 8) & 0xF8) << 16 | ((v >> 3) & 0xFC) << 8 | (v << 3) & 0xF8
+                        row[x] = Self.rgb(highColor: v, bitsPerPixel: bpp)
                     }
                 case 24:
                     for x in 0..<width {
