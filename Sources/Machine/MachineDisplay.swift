@@ -2,10 +2,15 @@ import DMCore
 import Monitor
 
 /// The machine's display: the framebuffer its display device draws and whoever reads it (the
-/// VNC server, `screendump`). While someone watches, the picture is redrawn every 30 ms (as
-/// QEMU's display refresh); nobody pays for drawing while nobody looks.
+/// VNC server, `screendump`). While someone watches, the picture is redrawn as QEMU's VNC paces
+/// it: every 30 ms while it changes; each redraw that finds nothing new waits 50 ms longer, up to
+/// 3 s, and a change halves the wait. Nobody pays for drawing while nobody looks, and little
+/// while the screen stands still (under Xen each redraw asks the hypervisor for dirty VRAM).
 final class MachineDisplay {
     static let refreshInterval: UInt64 = 30_000_000
+    static let idleStep: UInt64 = 50_000_000
+    static let idleInterval: UInt64 = 3_000_000_000
+    private var interval = refreshInterval
     /// Made when someone first looks (a VNC server, `screendump`): a guest nobody watches, as
     /// libxl's `vnc=0`, does not pay 1.2 MiB of resident memory for a picture never drawn.
     private(set) lazy var framebuffer = Framebuffer()
@@ -23,20 +28,34 @@ final class MachineDisplay {
         timer = timers.makeTimer { [weak self] in self?.tick() }
     }
 
-    /// Starts the regular redraws (a watcher appeared); harmless when they already run.
+    /// Starts the regular redraws at the fast pace (a watcher appeared); harmless when they
+    /// already run.
     func startRefreshing() {
+        interval = Self.refreshInterval
+        arm()
+    }
+
+    private func arm() {
         guard let timer, timer.deadline == nil else { return }
-        timer.arm(at: clock.now() + Self.refreshInterval)
+        timer.arm(at: clock.now() + interval)
     }
 
     private func tick() {
-        if refresh() { startRefreshing() }
+        source.refresh(framebuffer)
+        interval = framebuffer.hasDirtyTiles ? max(interval / 2, Self.refreshInterval)
+                                             : min(interval + Self.idleStep, Self.idleInterval)
+        if tellWatcher() { arm() }
     }
 
-    /// Redraws and tells the watcher; returns whether it wants more.
+    /// Redraws and tells the watcher now (a screendump, a new VNC client); returns whether it
+    /// wants more.
     @discardableResult
     func refresh() -> Bool {
         source.refresh(framebuffer)
+        return tellWatcher()
+    }
+
+    private func tellWatcher() -> Bool {
         let more = watcher?() ?? false
         framebuffer.clearDirty()
         return more
