@@ -61,7 +61,7 @@ public final class CirrusVGA: PCIDevice, DisplaySource, Snapshottable, Resettabl
 
     // Drawing state (not guest-visible).
     private var rowBuffer = [UInt32](repeating: 0, count: 1024)
-    private var dirtyPages: [UInt64]
+    private var dirtyPages: VRAMDirtyPages
     private var lastExtendedMode: ExtendedMode?
     private var lastCursor: Cursor?
     private var lastGeneration = -1
@@ -81,7 +81,7 @@ public final class CirrusVGA: PCIDevice, DisplaySource, Snapshottable, Resettabl
         core = VGACore(vram: vram)
         self.log = log
         blitter = CirrusBlitter(vramSize: Self.decodedVRAM, log: log)
-        dirtyPages = [UInt64](repeating: 0, count: (vram.size / 4096 + 63) / 64)
+        dirtyPages = VRAMDirtyPages(vramSize: vram.size)
         let config = PCIConfigSpace(vendor: 0x1013, device: 0x00B8, revision: 0, classCode: 0x03_0000)
         pci = PCIFunction(name: "cirrus-vga", config: config,
                           bars: [PCIBARDefinition(kind: .memory32(prefetchable: true), size: Self.barSize),
@@ -496,8 +496,7 @@ public final class CirrusVGA: PCIDevice, DisplaySource, Snapshottable, Resettabl
             core.refresh(framebuffer)
             return
         }
-        for i in dirtyPages.indices { dirtyPages[i] = 0 }
-        let known = core.vram.collectDirtyPages(into: &dirtyPages)
+        let known = dirtyPages.collect(from: core.vram)
         let mode = currentExtendedMode()
         let cursor = currentCursor()
         var paletteChanged = false
@@ -523,7 +522,7 @@ public final class CirrusVGA: PCIDevice, DisplaySource, Snapshottable, Resettabl
                 for y in 0..<rows {
                     let base = (mode.start + (y / mode.scanRepeat) * mode.lineBytes) & m
                     let onCursor = cursor.map { y >= $0.y && y < $0.y + $0.size } ?? false
-                    if !full && !onCursor && !rangeDirty(base, base + columns * pixelBytes) { continue }
+                    if !full && !onCursor && !dirtyPages.contains(base, base + columns * pixelBytes) { continue }
                     if blanked {
                         for x in 0..<columns { row[x] = 0 }
                     } else {
@@ -534,17 +533,6 @@ public final class CirrusVGA: PCIDevice, DisplaySource, Snapshottable, Resettabl
                 }
             }
         }
-    }
-
-    @inline(__always)
-    private func rangeDirty(_ start: Int, _ end: Int) -> Bool {
-        guard end > start else { return false }
-        var page = start / 4096
-        while page <= (end - 1) / 4096 {
-            if page / 64 < dirtyPages.count, dirtyPages[page / 64] & (1 << UInt64(page % 64)) != 0 { return true }
-            page += 1
-        }
-        return false
     }
 
     /// One row of pixels from VRAM at `base`, every byte address wrapped into the decoded VRAM.

@@ -73,7 +73,7 @@ public final class VGACore: @unchecked Sendable {
     // MARK: drawing state (not guest-visible)
 
     private var rowBuffer = [UInt32](repeating: 0, count: 1024)
-    private var dirtyPages: [UInt64]
+    private var dirtyPages: VRAMDirtyPages
     private var palette16 = [UInt32](repeating: 0, count: 16)
     private var palette256 = [UInt32](repeating: 0, count: 256)
     private var lastMode: DisplayMode?
@@ -84,7 +84,7 @@ public final class VGACore: @unchecked Sendable {
         precondition(vram.size >= Self.minimumVRAMSize, "VGA needs at least 256 KiB of VRAM")
         self.vram = vram
         vramSize = vram.size
-        dirtyPages = [UInt64](repeating: 0, count: (vram.size / 4096 + 63) / 64)
+        dirtyPages = VRAMDirtyPages(vramSize: vram.size)
         reset()
     }
 
@@ -507,30 +507,12 @@ public final class VGACore: @unchecked Sendable {
         return changed
     }
 
-    @inline(__always)
-    private func pageDirty(_ page: Int) -> Bool {
-        page / 64 < dirtyPages.count && dirtyPages[page / 64] & (1 << UInt64(page % 64)) != 0
-    }
-
-    /// Whether any page of VRAM bytes [start, end) was written.
-    @inline(__always)
-    private func rangeDirty(_ start: Int, _ end: Int) -> Bool {
-        guard end > start else { return false }
-        var page = start / 4096
-        while page <= (end - 1) / 4096 {
-            if pageDirty(page) { return true }
-            page += 1
-        }
-        return false
-    }
-
     /// Redraws what may have changed since the last call: everything after a mode, palette or
     /// size change, or when the platform cannot tell which VRAM pages the guest wrote;
     /// otherwise only rows over written pages. `storeRow` then keeps only real changes.
     public func refresh(_ framebuffer: Framebuffer) {
         refreshCount &+= 1
-        for i in dirtyPages.indices { dirtyPages[i] = 0 }
-        let known = vram.collectDirtyPages(into: &dirtyPages)
+        let known = dirtyPages.collect(from: vram)
         let mode = currentMode()
         let paletteChanged = updatePalettes()
         if mode != .blank {
@@ -549,7 +531,7 @@ public final class VGACore: @unchecked Sendable {
                 for y in 0..<framebuffer.height { framebuffer.storeRow(y, UnsafeBufferPointer(row)) }
             }
         case .text:
-            guard full || rangeDirty(0, min(vramSize, Self.planeWords * 4)) else { return }
+            guard full || dirtyPages.contains(0, min(vramSize, Self.planeWords * 4)) else { return }
             drawText(mode, framebuffer)
         case let .planar(width, height, start, lineWords, planes):
             drawGraphics(framebuffer, full: full, width: width, height: height) { y in
@@ -617,7 +599,7 @@ public final class VGACore: @unchecked Sendable {
                 for y in 0..<rows {
                     if !full {
                         let (start, count) = span(y)
-                        guard rangeDirty(start, start + count) else { continue }
+                        guard dirtyPages.contains(start, start + count) else { continue }
                     }
                     // Rows wider than the framebuffer (a hostile mode) are cut at its edge.
                     if columns == width {
