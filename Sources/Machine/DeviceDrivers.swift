@@ -126,7 +126,7 @@ func addAHCI(list: inout OptionList, context: inout DeviceContext) throws(Config
     let controller = AHCIController(stateID: "ahci:\(name)", memory: context.memory, poster: context.poster,
                                     msi: { sink.signalMSI($0) })
     try plugPCI(controller, list: &list, pci: context.pci)
-    let devfn = context.pci.functions.firstIndex { $0 === controller } ?? 0
+    let devfn = context.pci.devfn(of: controller) ?? 0
     // The firmware device path QEMU 7.2 writes into bootorder: class 01:06 has no firmware name,
     // so the node is named by vendor and device.
     let function = devfn & 7 == 0 ? "" : ",\(devfn & 7)"

@@ -213,7 +213,7 @@ extension PCMachine {
         let nics = devices.compactMap { $0 as? RTL8139 }
         for nic in nics {
             nic.reset()
-            if let devfn = pci.functions.firstIndex(where: { $0 === nic }) { pci.unplug(slot: devfn >> 3, function: devfn & 7) }
+            if let devfn = pci.devfn(of: nic) { pci.unplug(slot: devfn >> 3, function: devfn & 7) }
         }
         GuestErrorLog.stderrSink("swiftdm: xen-platform: guest unplugged emulated NICs: "
                                  + (nics.isEmpty ? "none" : "\(nics.count)"))

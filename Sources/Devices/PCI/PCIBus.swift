@@ -50,6 +50,11 @@ public final class PCIBus: @unchecked Sendable {
         return slot
     }
 
+    /// Where `device` is plugged (slot << 3 | function), or nil.
+    public func devfn(of device: any PCIDevice) -> Int? {
+        functions.firstIndex { $0 === device }
+    }
+
     public func unplug(slot: Int, function: Int = 0) {
         let devfn = slot << 3 | function
         guard let device = functions[devfn] else { return }
